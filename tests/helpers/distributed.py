@@ -1,0 +1,63 @@
+"""Run a test function in several gloo processes on 127.0.0.1 and collect what each rank returns."""
+
+import datetime
+import os
+import socket
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+
+def free_port() -> int:
+    """A TCP port that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, queue) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+    try:
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
+                                timeout=datetime.timedelta(seconds=120))
+        result = fn(rank, world_size, *args)
+        queue.put((rank, "ok", result))
+        dist.barrier()
+    except BaseException:  # report any failure to the parent instead of hanging it
+        queue.put((rank, "error", traceback.format_exc()))
+    finally:
+        import mpu
+
+        mpu.destroy_model_parallel()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list[Any]:
+    """Call ``fn(rank, world_size, *args)`` in ``world_size`` processes; return the results by rank.
+
+    ``fn`` must be a module-level function (it is pickled into spawned processes). A failure on any
+    rank fails the caller with that rank's traceback.
+    """
+    context = mp.get_context("spawn")
+    queue = context.SimpleQueue()
+    processes = mp.start_processes(_worker, args=(world_size, free_port(), fn, args, queue), nprocs=world_size,
+                                   join=False, start_method="spawn")
+    results: dict[int, Any] = {}
+    errors = []
+    for _ in range(world_size):
+        rank, status, payload = queue.get()
+        if status == "ok":
+            results[rank] = payload
+        else:
+            errors.append(f"rank {rank} failed:\n{payload}")
+    processes.join()
+    if errors:
+        raise AssertionError("\n".join(errors))
+    return [results[rank] for rank in range(world_size)]
