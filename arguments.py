@@ -1,0 +1,520 @@
+"""CogView's command line: every argument of the original (reference §2) plus a few marked additions.
+
+`get_args()` is shared by generation, training and the tools. Names, types and defaults follow the
+original exactly, underscores included (`--top_k`, `--top_p`, `--local_rank`, `--cpu_torch_adam`).
+Arguments that the original ignored are kept, and say so in their help, so that old command lines still
+parse. Additions and changes say "(added)" or "(changed)" in their help.
+"""
+
+import argparse
+import contextlib
+import json
+import os
+import subprocess
+from collections.abc import Sequence
+
+import torch
+
+from learning_rates import DECAY_STYLES
+
+GENERATION_TASKS = [
+    "text2image",
+    "image2text",
+    "super-resolution",
+    "low-level super-resolution",
+    "post-selection",
+    "raw",
+]
+DATASET_TYPES = ["TokenizedDataset", "TextCodeDataset", "CompactBinaryDataset"]
+MPI_MASTER_PORT = "29500"
+
+
+def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse `argv` (default: `sys.argv[1:]`) and derive the runtime fields (rank, device, DS overrides).
+
+    Bad combinations exit through `parser.error` with one sentence naming the argument, file or variable.
+    """
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _check_sparse(parser, args)
+    _resolve_device(parser, args)
+    _resolve_distributed(parser, args)
+    _resolve_precision(args)
+    _apply_deepspeed_config(parser, args)
+    return args
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The parser with the groups in the original order, then DeepSpeed's configuration arguments."""
+    parser = argparse.ArgumentParser(
+        description="PyTorch CogView Model",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        usage="%(prog)s [options]  (see --help)",  # the full usage would bury one-line errors
+    )
+    _add_model_args(parser)
+    _add_fp16_args(parser)
+    _add_training_args(parser)
+    _add_validation_args(parser)
+    _add_text_generation_args(parser)
+    _add_data_args(parser)
+    _add_api_args(parser)
+    _add_sparse_args(parser)
+    _add_deepspeed_args(parser)
+    return parser
+
+
+def _add_model_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("model", "model configuration")
+    group.add_argument(
+        "--attention-dropout", type=float, default=0.1, help="dropout on attention probabilities"
+    )
+    group.add_argument("--num-attention-heads", type=int, default=16, help="attention heads (CogView-4B: 40)")
+    group.add_argument("--hidden-size", type=int, default=1024, help="hidden size (CogView-4B: 2560)")
+    group.add_argument("--num-layers", type=int, default=24, help="transformer layers (CogView-4B: 48)")
+    group.add_argument(
+        "--layernorm-epsilon",
+        type=float,
+        default=1e-5,
+        help="unused, as in the original (the model uses 1e-5)",
+    )
+    group.add_argument(
+        "--hidden-dropout", type=float, default=0.1, help="dropout on embeddings and residual-branch outputs"
+    )
+    group.add_argument(
+        "--max-position-embeddings",
+        type=int,
+        default=512,
+        help="rows of the position table, also the training sequence length (released models: 1089)",
+    )
+    group.add_argument(
+        "--vocab-size", type=int, default=30522, help="overwritten at runtime by the padded tokenizer size"
+    )
+    group.add_argument("--deep-init", action="store_true", help="unused, as in the original")
+    group.add_argument(
+        "--make-vocab-size-divisible-by",
+        type=int,
+        default=128,
+        help="pad the vocabulary to a multiple of this times the model-parallel size",
+    )
+    group.add_argument(
+        "--cpu-optimizer", action="store_true", help="non-DeepSpeed training: run Adam on the CPU"
+    )
+    group.add_argument(
+        "--cpu_torch_adam",
+        action="store_true",
+        help="with --cpu-optimizer: use torch.optim.AdamW instead of DeepSpeedCPUAdam",
+    )
+    group.add_argument(
+        "--max-position-embeddings-finetune",
+        type=int,
+        default=-1,
+        help="longer sequence length for finetuning (super-resolution: 1345); -1 = off",
+    )
+    group.add_argument(
+        "--pb-relax-attention",
+        action="store_true",
+        help="(added) PB-relax attention of the paper (alpha = 32); off by default, as the original never "
+        "implemented it and the released weights were trained without it",
+    )
+
+
+def _add_fp16_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("fp16", "fp16 configurations")
+    dtype = group.add_mutually_exclusive_group()
+    dtype.add_argument("--fp16", action="store_true", help="run the model in half precision")
+    dtype.add_argument(
+        "--bf16",
+        action="store_true",
+        help="(added) run the model in bfloat16; cannot be combined with --fp16",
+    )
+    group.add_argument("--fp32-embedding", action="store_true", help="unused, as in the original")
+    group.add_argument("--fp32-layernorm", action="store_true", help="unused, as in the original")
+    group.add_argument("--fp32-tokentypes", action="store_true", help="unused, as in the original")
+    group.add_argument(
+        "--fp32-allreduce", action="store_true", help="all-reduce in fp32 (legacy non-torch-DDP path only)"
+    )
+    group.add_argument(
+        "--hysteresis", type=int, default=2, help="delayed shift of the dynamic loss scaler (non-DeepSpeed)"
+    )
+    group.add_argument(
+        "--loss-scale", type=float, default=None, help="static loss scale; None = dynamic loss scaling"
+    )
+    group.add_argument(
+        "--loss-scale-window", type=float, default=1000, help="dynamic loss scaler window (non-DeepSpeed)"
+    )
+    group.add_argument("--min-scale", type=float, default=1, help="dynamic loss scaler floor (non-DeepSpeed)")
+
+
+def _add_training_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("train", "training configurations")
+    group.add_argument(
+        "--experiment-name",
+        type=str,
+        default="CogView",
+        help="save-folder name; training appends %%m-%%d-%%H-%%M, or uses basename(--load) when loading",
+    )
+    group.add_argument(
+        "--batch-size",
+        type=int,
+        default=4,
+        help="training: micro batch per GPU (a DeepSpeed config overrides it); inference: samples per query",
+    )
+    group.add_argument(
+        "--weight-decay", type=float, default=0.01, help="weight decay (a DeepSpeed config overrides it)"
+    )
+    group.add_argument(
+        "--checkpoint-activations",
+        action="store_true",
+        help="activation checkpointing (needed by --is-sparse 1)",
+    )
+    group.add_argument("--checkpoint-num-layers", type=int, default=1, help="layers per checkpointed chunk")
+    group.add_argument(
+        "--deepspeed-activation-checkpointing",
+        action="store_true",
+        help="use DeepSpeed's activation checkpointing and RNG tracker",
+    )
+    group.add_argument("--clip-grad", type=float, default=1.0, help="gradient clipping (non-DeepSpeed path)")
+    group.add_argument("--train-iters", type=int, default=1000000, help="total training iterations")
+    group.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
+    group.add_argument("--exit-interval", type=int, default=None, help="exit after this many iterations")
+    group.add_argument(
+        "--summary-dir",
+        type=str,
+        default="",
+        help="tensorboard base directory ({dir}/runs/{experiment-name})",
+    )
+    group.add_argument("--seed", type=int, default=1234, help="random seed (python, numpy and torch)")
+    group.add_argument(
+        "--img-tokenizer-path", type=str, default=None, help="VQ-VAE checkpoint (vqvae_hard_biggerset_011.pt)"
+    )
+    group.add_argument(
+        "--img-tokenizer-num-tokens",
+        type=int,
+        default=None,
+        help="without --img-tokenizer-path: a stand-in image tokenizer with this many codes (training: 8192)",
+    )
+    group.add_argument(
+        "--text-tokenizer-path",
+        type=str,
+        default=None,
+        help="(added) any SentencePiece model for the text; default: the bundled cog-pretrain.model",
+    )
+    group.add_argument("--reset-position-ids", action="store_true", help="unused, as in the original")
+    group.add_argument("--reset-attention-mask", action="store_true", help="unused, as in the original")
+    group.add_argument(
+        "--lr-decay-iters", type=int, default=None, help="iterations of the lr schedule; None = --train-iters"
+    )
+    group.add_argument(
+        "--lr-decay-style",
+        type=str,
+        default="linear",
+        choices=DECAY_STYLES,
+        help="lr decay after warmup (exponential was never implemented and behaves as constant)",
+    )
+    group.add_argument(
+        "--lr-decay-ratio", type=float, default=0.1, help="cosine decay floor as a fraction of --lr"
+    )
+    group.add_argument(
+        "--lr", type=float, default=1.0e-4, help="peak learning rate (a DeepSpeed config overrides it)"
+    )
+    group.add_argument(
+        "--warmup", type=float, default=0.01, help="warmup length as a fraction of the lr-schedule iterations"
+    )
+    group.add_argument(
+        "--save", type=str, default=None, help="checkpoint root; saves to {save}/{experiment-name}"
+    )
+    group.add_argument("--save-interval", type=int, default=5000, help="iterations between checkpoints")
+    group.add_argument("--no-save-optim", action="store_true", help="do not save the optimizer state")
+    group.add_argument("--no-save-rng", action="store_true", help="do not save the RNG state")
+    group.add_argument(
+        "--load", type=str, default=None, help="checkpoint folder (holding latest_checkpointed_iteration.txt)"
+    )
+    group.add_argument("--no-load-optim", action="store_true", help="do not load the optimizer state")
+    group.add_argument("--no-load-rng", action="store_true", help="do not load the RNG state")
+    group.add_argument(
+        "--finetune",
+        action="store_true",
+        help="restart at iteration 0 without optimizer or RNG state; resets the [ROI2] positions",
+    )
+    group.add_argument("--resume-dataloader", action="store_true", help="skip the samples already consumed")
+    group.add_argument("--distributed-backend", type=str, default="nccl", help="torch.distributed backend")
+    group.add_argument(
+        "--local_rank", type=int, default=None, help="set by the launcher (else env LOCAL_RANK)"
+    )
+    group.add_argument("--txt-loss-scale", type=float, default=1, help="loss weight of text positions")
+    group.add_argument(
+        "--fast-load", action="store_true", help="load checkpoints without taking the shared file lock"
+    )
+
+
+def _add_validation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("validation", "validation configurations")
+    group.add_argument("--eval-batch-size", type=int, default=None, help="None = --batch-size")
+    group.add_argument("--eval-iters", type=int, default=100, help="iterations per evaluation")
+    group.add_argument("--eval-interval", type=int, default=1000, help="iterations between evaluations")
+
+
+def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Text generation", "configurations")
+    group.add_argument("--temperature", type=float, default=1.0, help="logits are divided by it")
+    group.add_argument("--top_p", type=float, default=0.0, help="nucleus sampling threshold; 0 = off")
+    group.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
+    group.add_argument(
+        "--generation-task",
+        type=str,
+        default="text2image",
+        choices=GENERATION_TASKS,
+        help="what to generate; (changed) raw, which the original left unimplemented, completes text "
+        "and part of an image",
+    )
+    group.add_argument(
+        "--input-source", type=str, default="interactive", help="'interactive' or a file of queries"
+    )
+    group.add_argument("--output-path", type=str, default="./samples", help="output folder")
+    group.add_argument("--debug", action="store_true", help="also save one grid of all samples per query")
+    group.add_argument(
+        "--with-id", action="store_true", help="queries are 'id<TAB>...'; outputs go to {output-path}/{id}/"
+    )
+    group.add_argument(
+        "--max-inference-batch-size", type=int, default=12, help="the most samples in one forward pass"
+    )
+
+
+def _add_data_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("data", "data configurations")
+    group.add_argument(
+        "--model-parallel-size", type=int, default=1, help="model-parallel size (clipped to the world size)"
+    )
+    group.add_argument("--shuffle", action="store_true", help="unused, as in the original")
+    group.add_argument("--train-data", nargs="+", default=None, help="LMDB folders or .bin files")
+    group.add_argument(
+        "--valid-data", nargs="*", default=None, help="validation data (zeroes the validation split)"
+    )
+    group.add_argument("--test-data", nargs="*", default=None, help="test data (zeroes the test split)")
+    group.add_argument(
+        "--split", type=str, default="1000,1,1", help="train,valid,test proportions (',' or '/' separated)"
+    )
+    group.add_argument("--num-workers", type=int, default=2, help="DataLoader workers")
+    group.add_argument(
+        "--dataset-type",
+        type=str,
+        default="TokenizedDataset",
+        choices=DATASET_TYPES,
+        help="training data format",
+    )
+    group.add_argument(
+        "--max-memory-length",
+        type=int,
+        default=2048,
+        help="cap on the cached memory length; keep 2048 for inference, training must pass 0",
+    )
+    group.add_argument(
+        "--new-dataset-path", type=str, default=None, help="folder polled for new *lmdb / *bin datasets"
+    )
+
+
+def _add_api_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("api", "api configurations")
+    group.add_argument("--img_folder_path", type=str, default="image/", help="unused, as in the original")
+    group.add_argument("--input_folder_path", type=str, default="input/", help="unused, as in the original")
+    group.add_argument("--input_rec_path", type=str, default="input/", help="unused, as in the original")
+    group.add_argument("--check_mode", type=str, default="code", help="unused, as in the original")
+    group.add_argument("--time_interval", type=int, default=10, help="unused, as in the original")
+    group.add_argument(
+        "--device",
+        type=parse_device,
+        default=None,
+        help="(changed) inference device: cpu, cuda, cuda:N or a GPU index N as in the original; "
+        "default cuda if available, else cpu",
+    )
+
+
+def _add_sparse_args(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Sparse Attention", "sparse configurations")
+    group.add_argument(
+        "--is-sparse",
+        type=int,
+        default=0,
+        choices=[0, 1, 2],
+        help="0 = dense, 1 = sparse training, 2 = sparse inference (unoptimised; use 0 for inference)",
+    )
+    group.add_argument("--query-window", type=int, default=128, help="query window of sparse attention")
+    group.add_argument("--key-window-times", type=int, default=6, help="key window in query windows")
+    group.add_argument("--num-pivot", type=int, default=768, help="pivot tokens of sparse attention")
+
+
+# The DeepSpeed arguments of DeepSpeed 0.4, which the original relied on. Current DeepSpeed adds the first
+# four itself but no longer `--deepspeed_mpi`; without DeepSpeed all five are added here.
+_DEEPSPEED_ARGS: dict[str, dict] = {
+    "--deepspeed": {"action": "store_true", "help": "enable DeepSpeed"},
+    "--deepspeed_config": {"type": str, "default": None, "help": "DeepSpeed JSON configuration file"},
+    "--deepscale": {"action": "store_true", "help": "deprecated alias of --deepspeed"},
+    "--deepscale_config": {"type": str, "default": None, "help": "deprecated alias of --deepspeed_config"},
+    "--deepspeed_mpi": {"action": "store_true", "help": "discover ranks and the master address through MPI"},
+}
+
+
+def _add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
+    try:
+        import deepspeed
+    except ImportError:
+        pass
+    else:
+        deepspeed.add_config_arguments(parser)
+    group = parser.add_argument_group("DeepSpeed (compatibility)", "DeepSpeed arguments of the original")
+    for flag, options in _DEEPSPEED_ARGS.items():
+        with contextlib.suppress(argparse.ArgumentError):  # already added by DeepSpeed
+            group.add_argument(flag, **options)
+
+
+def parse_device(value: str) -> str:
+    """`--device` value → torch.device string: 'cpu', 'cuda', 'cuda:N'; a bare int N means 'cuda:N'."""
+    text = value.strip().lower()
+    if text.isdigit():
+        return f"cuda:{int(text)}"
+    if text in ("cpu", "cuda"):
+        return text
+    if text.startswith("cuda:") and text[len("cuda:") :].isdigit():
+        return f"cuda:{int(text[len('cuda:') :])}"
+    raise argparse.ArgumentTypeError(f"{value!r} is not a device: use cpu, cuda, cuda:N or a GPU index N")
+
+
+def _resolve_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Default the device to CUDA when available and reject a CUDA device this machine lacks.
+
+    `args.cuda` follows the chosen device (the original used torch.cuda.is_available()), so that
+    `--device cpu` on a GPU machine keeps everything on the CPU.
+    """
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            parser.error(f"--device {args.device} needs CUDA, which this machine lacks; pass --device cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            parser.error(
+                f"--device {args.device} does not exist: this machine has {torch.cuda.device_count()} GPUs"
+            )
+    args.cuda = device.type == "cuda"
+
+
+def _check_sparse(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Sparse training needs training data, activation checkpointing and windows that tile the sequence."""
+    if args.is_sparse != 1:
+        return
+    if not args.train_data:
+        parser.error("--is-sparse 1 (sparse training) needs --train-data; use --is-sparse 0 for inference")
+    if not args.checkpoint_activations:
+        parser.error("--is-sparse 1 (sparse training) needs --checkpoint-activations")
+    if (args.max_position_embeddings - 1) % args.query_window != 0:
+        parser.error(
+            f"--is-sparse 1 needs --max-position-embeddings minus 1 ({args.max_position_embeddings - 1}) "
+            f"to be a multiple of --query-window ({args.query_window})"
+        )
+
+
+def _env_int(parser: argparse.ArgumentParser, name: str, default: int | None = None) -> int | None:
+    """Integer environment variable `name`, `default` when unset or empty; a clear error when not an int."""
+    raw = os.environ.get(name, "")
+    if raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        parser.error(f"environment variable {name}={raw!r} is not an integer")
+
+
+def _resolve_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """rank, world_size and local_rank from the launcher's environment; model parallelism capped by it.
+
+    Order as the original: RANK/WORLD_SIZE (defaults 0/1), then `--deepspeed_mpi` (mpi4py), else
+    OpenMPI's mpirun with optional SLURM node variables. Added: `--local_rank` falls back to env
+    LOCAL_RANK, which torchrun sets instead of passing the argument.
+    """
+    args.rank = _env_int(parser, "RANK", 0)
+    args.world_size = _env_int(parser, "WORLD_SIZE", 1)
+    if args.local_rank is None:
+        args.local_rank = _env_int(parser, "LOCAL_RANK")
+    if args.deepspeed_mpi:
+        _define_env_from_mpi(parser, args)
+    elif os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK"):
+        _define_env_from_openmpi(parser, args)
+    args.model_parallel_size = min(args.model_parallel_size, args.world_size)
+
+
+def _define_env_from_openmpi(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Ranks under mpirun: OpenMPI gives the local rank and size, SLURM (if any) the node count and id."""
+    local_rank = _env_int(parser, "OMPI_COMM_WORLD_LOCAL_RANK")
+    local_size = _env_int(parser, "OMPI_COMM_WORLD_LOCAL_SIZE")
+    if local_size is None:
+        parser.error("OMPI_COMM_WORLD_LOCAL_RANK is set but OMPI_COMM_WORLD_LOCAL_SIZE is not")
+    num_nodes = _env_int(parser, "SLURM_JOB_NUM_NODES", 1)
+    node_id = _env_int(parser, "SLURM_NODEID", 0)
+    args.local_rank = local_rank
+    args.rank = node_id * local_size + local_rank
+    args.world_size = num_nodes * local_size
+
+
+def _first_host_address() -> str:
+    """This host's first IP address (`hostname -I`), used as the MPI master address."""
+    return subprocess.run(["hostname", "-I"], check=True, capture_output=True, text=True).stdout.split()[0]
+
+
+def _define_env_from_mpi(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """`--deepspeed_mpi`: ranks from MPI, master = rank 0's address on port 29500, written to the env.
+
+    The local rank counts the lower ranks on the same host (host names assumed unique per node). Also
+    writes LOCAL_RANK (added), which current DeepSpeed requires.
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError:
+        parser.error("--deepspeed_mpi needs the mpi4py package, which is not installed")
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    master_addr = comm.bcast(_first_host_address() if rank == 0 else None, root=0)
+    host = MPI.Get_processor_name()
+    local_rank = comm.allgather(host)[:rank].count(host)
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        MASTER_ADDR=master_addr,
+        MASTER_PORT=MPI_MASTER_PORT,
+    )
+    args.rank, args.world_size, args.local_rank = rank, world_size, local_rank
+
+
+def _resolve_precision(args: argparse.Namespace) -> None:
+    """Loss-scale mode, and the original's reset of the (unused) fp32 flags outside fp16."""
+    args.dynamic_loss_scale = args.loss_scale is None
+    if not args.fp16:
+        args.fp32_embedding = args.fp32_layernorm = args.fp32_tokentypes = False
+
+
+def _apply_deepspeed_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """With `--deepspeed --deepspeed_config F`, the JSON's batch, accumulation, lr and weight decay win.
+
+    `args.gradient_accumulation_steps` is always set (None without a config entry); the original left it
+    undefined outside DeepSpeed runs.
+    """
+    args.gradient_accumulation_steps = None
+    if not (args.deepspeed and args.deepspeed_config):
+        return
+    path = args.deepspeed_config
+    try:
+        with open(path, encoding="utf-8") as file:
+            config = json.load(file)
+    except FileNotFoundError:
+        parser.error(f"DeepSpeed config file {path} does not exist")
+    except (OSError, UnicodeDecodeError) as error:
+        parser.error(f"DeepSpeed config file {path} cannot be read: {error}")
+    except json.JSONDecodeError as error:
+        parser.error(f"DeepSpeed config file {path} is not valid JSON: {error.msg} at line {error.lineno}")
+    if not isinstance(config, dict):
+        parser.error(f"DeepSpeed config file {path} must hold a JSON object")
+    args.batch_size = config.get("train_micro_batch_size_per_gpu", args.batch_size)
+    args.gradient_accumulation_steps = config.get("gradient_accumulation_steps")
+    params = config.get("optimizer", {}).get("params", {})
+    args.lr = params.get("lr", args.lr)
+    args.weight_decay = params.get("weight_decay", args.weight_decay)
