@@ -61,8 +61,10 @@ class GPT2Model(nn.Module):
         )
 
     def logits(self, hidden_states: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
-        """Project final hidden states ``[b, s, h]`` onto the (tied) vocabulary: ``[b, s, V/p]`` or ``[b, s, V]``."""
-        logits_parallel = F.linear(mpu.copy_to_model_parallel_region(hidden_states), self.word_embeddings.weight)
+        """Project final hidden states ``[b, s, h]`` onto the tied vocabulary: ``[b, s, V/p]`` or gathered."""
+        logits_parallel = F.linear(
+            mpu.copy_to_model_parallel_region(hidden_states), self.word_embeddings.weight
+        )
         if gather if gather is not None else not self.parallel_output:
             return mpu.gather_from_model_parallel_region(logits_parallel)
         return logits_parallel

@@ -32,7 +32,12 @@ from .random import (
     get_cuda_rng_tracker,
     model_parallel_cuda_manual_seed,
 )
-from .sparse_attention import sample_pivot_indices, sparse_attention, sparse_attention_inference
+from .sparse_attention import (
+    SparseAttentionConfigError,
+    sample_pivot_indices,
+    sparse_attention,
+    sparse_attention_inference,
+)
 from .transformer import (
     GPT2ParallelMLP,
     GPT2ParallelTransformer,
@@ -55,6 +60,7 @@ __all__ = [
     "LayerNorm",
     "RNGStatesTracker",
     "RowParallelLinear",
+    "SparseAttentionConfigError",
     "VocabParallelEmbedding",
     "VocabUtility",
     "broadcast_data",

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import sparse_attention as sparse
 from .initialize import get_model_parallel_world_size
 from .kv_cache import LayerKVCache
 from .layers import ColumnParallelLinear, InitMethod, RowParallelLinear
 from .random import get_cuda_rng_tracker
+from .sparse_attention import sparse_attention, sparse_attention_inference
 from .utils import divide, split_tensor_along_last_dim
 
 PB_RELAX_ALPHA = 32.0
@@ -57,7 +57,11 @@ def standard_attention(
 
 
 def fused_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visible: torch.Tensor | None, dropout_p: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    visible: torch.Tensor | None,
+    dropout_p: float,
 ) -> torch.Tensor:
     """The same attention through ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels).
 
@@ -72,7 +76,12 @@ def fused_attention(
         elif sq > 1:
             visible = causal_mask(sq, sk, query.device)
     return F.scaled_dot_product_attention(
-        query, key, value, attn_mask=visible, dropout_p=dropout_p, is_causal=is_causal,
+        query,
+        key,
+        value,
+        attn_mask=visible,
+        dropout_p=dropout_p,
+        is_causal=is_causal,
         scale=1.0 / math.sqrt(query.size(-1)),
     )
 
@@ -115,15 +124,18 @@ class GPT2ParallelSelfAttention(nn.Module):
         )
         self.attention_dropout = nn.Dropout(attention_dropout_prob)
         self.dense = RowParallelLinear(
-            hidden_size, hidden_size, input_is_parallel=True, init_method=output_layer_init_method or init_method
+            hidden_size,
+            hidden_size,
+            input_is_parallel=True,
+            init_method=output_layer_init_method or init_method,
         )
         self.output_dropout = nn.Dropout(output_dropout_prob)
 
     def _split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
         b, s, _ = tensor.shape  # [b, s, n*d] -> [b, n, s, d]
-        return tensor.view(b, s, self.num_attention_heads_per_partition, self.hidden_size_per_attention_head).transpose(
-            1, 2
-        )
+        return tensor.view(
+            b, s, self.num_attention_heads_per_partition, self.hidden_size_per_attention_head
+        ).transpose(1, 2)
 
     def forward(
         self,
@@ -148,13 +160,26 @@ class GPT2ParallelSelfAttention(nn.Module):
         dropout_p = self.attention_dropout.p if self.training else 0.0
         with get_cuda_rng_tracker().fork() if dropout_p > 0 else contextlib.nullcontext():
             if is_sparse == 1:
-                context = sparse.sparse_attention(
-                    query, key, value, pivot_idx, self.query_window, self.key_window_times, self.attention_dropout
+                context = sparse_attention(
+                    query,
+                    key,
+                    value,
+                    pivot_idx,
+                    self.query_window,
+                    self.key_window_times,
+                    self.attention_dropout,
                 )
             elif is_sparse == 2:
-                context = sparse.sparse_attention_inference(
-                    query, key, value, txt_indices_bool, img_indices_bool, self.query_window,
-                    self.key_window_times, self.num_pivot, self.max_sequence_length,
+                context = sparse_attention_inference(
+                    query,
+                    key,
+                    value,
+                    txt_indices_bool,
+                    img_indices_bool,
+                    self.query_window,
+                    self.key_window_times,
+                    self.num_pivot,
+                    self.max_sequence_length,
                 )
             elif self.use_fused_attention and self.pb_relax_alpha is None:
                 context = fused_attention(query, key, value, visible, dropout_p)

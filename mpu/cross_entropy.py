@@ -52,5 +52,5 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
 
 
 def vocab_parallel_cross_entropy(vocab_parallel_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Per-token cross entropy ``[...]`` of vocab-sharded logits ``[..., V/p]`` against global ids ``[...]``."""
+    """Per-token cross entropy ``[...]`` of vocab-sharded logits ``[..., V/p]`` against global ids."""
     return _VocabParallelCrossEntropy.apply(vocab_parallel_logits, target)

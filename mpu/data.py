@@ -14,7 +14,9 @@ def _communication_device() -> torch.device:
     return torch.device("cpu")
 
 
-def broadcast_data(keys: list[str], data: dict[str, torch.Tensor] | None, datatype: torch.dtype) -> dict[str, torch.Tensor]:
+def broadcast_data(
+    keys: list[str], data: dict[str, torch.Tensor] | None, datatype: torch.dtype
+) -> dict[str, torch.Tensor]:
     """Return ``{key: tensor}`` equal on every rank of the model-parallel group.
 
     Only the group's first rank needs ``data``; it sends the shapes (at most 5 dimensions), then the
@@ -32,7 +34,9 @@ def broadcast_data(keys: list[str], data: dict[str, torch.Tensor] | None, dataty
         for i, key in enumerate(keys):
             shape = data[key].shape
             if len(shape) > _MAX_DATA_DIM:
-                raise ValueError(f"broadcast_data supports at most {_MAX_DATA_DIM} dimensions; {key!r} has {len(shape)}")
+                raise ValueError(
+                    f"broadcast_data supports at most {_MAX_DATA_DIM} dimensions; {key!r} has {len(shape)}"
+                )
             sizes[i * _MAX_DATA_DIM : i * _MAX_DATA_DIM + len(shape)] = torch.tensor(shape)
     dist.broadcast(sizes, get_model_parallel_src_rank(), group=group)
 

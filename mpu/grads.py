@@ -23,7 +23,9 @@ def clip_grad_norm(
     counted = [p for p in params if getattr(p, "model_parallel", False) or get_model_parallel_rank() == 0]
     device = params[0].grad.device if params else torch.device("cpu")
     if norm_type == float("inf"):
-        local = max((p.grad.detach().abs().max().float() for p in counted), default=torch.zeros((), device=device))
+        local = max(
+            (p.grad.detach().abs().max().float() for p in counted), default=torch.zeros((), device=device)
+        )
         total = torch.as_tensor(local, dtype=torch.float32, device=device).clone()
         if get_model_parallel_world_size() > 1:
             dist.all_reduce(total, op=dist.ReduceOp.MAX, group=get_model_parallel_group())

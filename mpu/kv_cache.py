@@ -21,7 +21,9 @@ class LayerKVCache:
         """Store new ``[b, n, s, d]`` keys/values; return views over everything cached so far."""
         new_length = self.length + keys.size(2)
         if self.keys is None or new_length > self.keys.size(2):
-            self._grow(keys, max(new_length, self.capacity, 2 * (self.keys.size(2) if self.keys is not None else 0)))
+            self._grow(
+                keys, max(new_length, self.capacity, 2 * (self.keys.size(2) if self.keys is not None else 0))
+            )
         self.keys[:, :, self.length : new_length] = keys
         self.values[:, :, self.length : new_length] = values
         self.length = new_length

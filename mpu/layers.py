@@ -51,7 +51,9 @@ def _initialize_affine_weight(
     if world_size == 1:
         init_method(weight)
         return weight if return_master_weight else None
-    master = torch.empty(output_size, input_size, dtype=weight.dtype, device=weight.device, requires_grad=False)
+    master = torch.empty(
+        output_size, input_size, dtype=weight.dtype, device=weight.device, requires_grad=False
+    )
     init_method(master)
     chunks = torch.split(master, divide(per_partition_size, stride), dim=partition_dim)
     mine = chunks[get_model_parallel_rank() :: world_size]
@@ -67,7 +69,9 @@ class VocabParallelEmbedding(nn.Module):
     results are summed over the group.
     """
 
-    def __init__(self, num_embeddings: int, embedding_dim: int, init_method: InitMethod = nn.init.xavier_normal_):
+    def __init__(
+        self, num_embeddings: int, embedding_dim: int, init_method: InitMethod = nn.init.xavier_normal_
+    ):
         super().__init__()
         self.num_embeddings = num_embeddings
         self.embedding_dim = embedding_dim

@@ -88,19 +88,19 @@ class _GatherFromModelParallelRegion(torch.autograd.Function):
 
 def copy_to_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
     """Enter a parallel region: identity forward, gradients summed over the group."""
-    return _CopyToModelParallelRegion.apply(input_)
+    return input_ if get_model_parallel_world_size() == 1 else _CopyToModelParallelRegion.apply(input_)
 
 
 def reduce_from_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
     """Leave a parallel region by summing partial results over the group."""
-    return _ReduceFromModelParallelRegion.apply(input_)
+    return input_ if get_model_parallel_world_size() == 1 else _ReduceFromModelParallelRegion.apply(input_)
 
 
 def scatter_to_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
     """Keep this rank's slice of the last dimension."""
-    return _ScatterToModelParallelRegion.apply(input_)
+    return input_ if get_model_parallel_world_size() == 1 else _ScatterToModelParallelRegion.apply(input_)
 
 
 def gather_from_model_parallel_region(input_: torch.Tensor) -> torch.Tensor:
     """Concatenate every rank's slice of the last dimension."""
-    return _GatherFromModelParallelRegion.apply(input_)
+    return input_ if get_model_parallel_world_size() == 1 else _GatherFromModelParallelRegion.apply(input_)

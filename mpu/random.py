@@ -102,11 +102,15 @@ def model_parallel_cuda_manual_seed(seed: int, device_type: str | None = None) -
     if device_type == "cuda":
         torch.cuda.manual_seed(seed)
     _RNG_STATE_TRACKER.reset()
-    _RNG_STATE_TRACKER.add(_MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + get_model_parallel_rank(), device_type)
+    _RNG_STATE_TRACKER.add(
+        _MODEL_PARALLEL_RNG_TRACKER_NAME, seed + 2718 + get_model_parallel_rank(), device_type
+    )
 
 
 def _capture_rng() -> tuple[torch.Tensor, torch.Tensor | None, dict[str, torch.Tensor]]:
-    cuda_state = torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    cuda_state = (
+        torch.cuda.get_rng_state() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
+    )
     return torch.get_rng_state(), cuda_state, _RNG_STATE_TRACKER.get_states()
 
 

@@ -13,12 +13,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import sparse_attention as sparse
 from .attention import GPT2ParallelSelfAttention, causal_mask
 from .kv_cache import KVCache
 from .layernorm import LayerNorm
 from .layers import ColumnParallelLinear, InitMethod, RowParallelLinear
 from .random import checkpoint
+from .sparse_attention import sample_pivot_indices
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -51,10 +51,15 @@ class GPT2ParallelMLP(nn.Module):
         output_layer_init_method: InitMethod | None = None,
     ):
         super().__init__()
-        self.dense_h_to_4h = ColumnParallelLinear(hidden_size, 4 * hidden_size, gather_output=False,
-                                                  init_method=init_method)
-        self.dense_4h_to_h = RowParallelLinear(4 * hidden_size, hidden_size, input_is_parallel=True,
-                                               init_method=output_layer_init_method or init_method)
+        self.dense_h_to_4h = ColumnParallelLinear(
+            hidden_size, 4 * hidden_size, gather_output=False, init_method=init_method
+        )
+        self.dense_4h_to_h = RowParallelLinear(
+            4 * hidden_size,
+            hidden_size,
+            input_is_parallel=True,
+            init_method=output_layer_init_method or init_method,
+        )
         self.dropout = nn.Dropout(output_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -81,27 +86,40 @@ class GPT2ParallelTransformerLayer(nn.Module):
         super().__init__()
         self.input_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
         self.attention = GPT2ParallelSelfAttention(
-            hidden_size, num_attention_heads, attention_dropout_prob, output_dropout_prob, init_method,
-            output_layer_init_method, **attention_options,
+            hidden_size,
+            num_attention_heads,
+            attention_dropout_prob,
+            output_dropout_prob,
+            init_method,
+            output_layer_init_method,
+            **attention_options,
         )
         self.post_attention_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
         self.third_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
         self.fourth_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
         self.mlp = GPT2ParallelMLP(hidden_size, output_dropout_prob, init_method, output_layer_init_method)
 
-    def forward(self, hidden_states: torch.Tensor, visible: torch.Tensor | None, mem: torch.Tensor | None = None,
-                **attention_kwargs) -> torch.Tensor:
+    def forward(
+        self,
+        hidden_states: torch.Tensor,
+        visible: torch.Tensor | None,
+        mem: torch.Tensor | None = None,
+        **attention_kwargs,
+    ) -> torch.Tensor:
         normed = self.input_layernorm(hidden_states)
-        normed_mem = self.input_layernorm(mem) if mem is not None else None  # normalised on its own, as released
+        normed_mem = (
+            self.input_layernorm(mem) if mem is not None else None
+        )  # normalised on its own, as released
         attention_output = self.attention(normed, visible, mem=normed_mem, **attention_kwargs)
         hidden_states = hidden_states + self.third_layernorm(attention_output)
         mlp_output = self.mlp(self.post_attention_layernorm(hidden_states))
         return hidden_states + self.fourth_layernorm(mlp_output)
 
 
-def visibility_from_mask(attention_mask: torch.Tensor | int, query_length: int, memory_length: int,
-                         device: torch.device) -> torch.Tensor | None:
-    """Turn the original's ``attention_mask`` argument into a bool mask ``[*, 1, sq, sk]`` or ``None`` (causal).
+def visibility_from_mask(
+    attention_mask: torch.Tensor | int, query_length: int, memory_length: int, device: torch.device
+) -> torch.Tensor | None:
+    """Turn the original's ``attention_mask`` into a bool mask ``[*, 1, sq, sk]`` or ``None`` (causal).
 
     An int (or one-element tensor) ``sep`` means: memory visible, causal inside the query block, and
     the first ``sep`` query-block columns visible to every query. A tensor mask holds 1 for visible
@@ -154,17 +172,28 @@ class GPT2ParallelTransformer(nn.Module):
         self.num_pivot = num_pivot
         init_method = unscaled_init_method(init_method_std)
         output_layer_init_method = (
-            scaled_init_method(init_method_std, num_layers) if use_scaled_init_for_output_weights else init_method
+            scaled_init_method(init_method_std, num_layers)
+            if use_scaled_init_for_output_weights
+            else init_method
         )
         self.position_embeddings = nn.Embedding(max_sequence_length, hidden_size)
         init_method(self.position_embeddings.weight)
         self.embedding_dropout = nn.Dropout(embedding_dropout_prob)
         self.layers = nn.ModuleList(
             GPT2ParallelTransformerLayer(
-                hidden_size, num_attention_heads, attention_dropout_prob, output_dropout_prob, layernorm_epsilon,
-                init_method, output_layer_init_method, query_window=query_window,
-                key_window_times=key_window_times, num_pivot=num_pivot, max_sequence_length=max_sequence_length,
-                pb_relax_alpha=pb_relax_alpha, use_fused_attention=use_fused_attention,
+                hidden_size,
+                num_attention_heads,
+                attention_dropout_prob,
+                output_dropout_prob,
+                layernorm_epsilon,
+                init_method,
+                output_layer_init_method,
+                query_window=query_window,
+                key_window_times=key_window_times,
+                num_pivot=num_pivot,
+                max_sequence_length=max_sequence_length,
+                pb_relax_alpha=pb_relax_alpha,
+                use_fused_attention=use_fused_attention,
             )
             for _ in range(num_layers)
         )
@@ -202,9 +231,10 @@ class GPT2ParallelTransformer(nn.Module):
             end = min(start + chunk, len(self.layers))
             pivot_idx = None
             if is_sparse == 1:  # pivots are resampled for every chunk of layers, as in the original
-                pivot_idx = sparse.sample_pivot_indices(txt_indices_bool, img_indices_bool, self.num_pivot)
-            run = self._layers_runner(start, end, visible, is_sparse, pivot_idx, txt_indices_bool, img_indices_bool,
-                                      keep_mems)
+                pivot_idx = sample_pivot_indices(txt_indices_bool, img_indices_bool, self.num_pivot)
+            run = self._layers_runner(
+                start, end, visible, is_sparse, pivot_idx, txt_indices_bool, img_indices_bool, keep_mems
+            )
             chunk_mems = mems[start:end] if mems else ()
             if self.checkpoint_activations and self.training and torch.is_grad_enabled():
                 outputs = checkpoint(run, hidden_states, *chunk_mems)
@@ -219,14 +249,30 @@ class GPT2ParallelTransformer(nn.Module):
             return (output,)
         return (output, *self.update_mems(layer_inputs, mems))
 
-    def _layers_runner(self, start: int, end: int, visible, is_sparse, pivot_idx, txt_indices_bool,
-                       img_indices_bool, keep_mems: bool) -> Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]:
+    def _layers_runner(
+        self,
+        start: int,
+        end: int,
+        visible,
+        is_sparse,
+        pivot_idx,
+        txt_indices_bool,
+        img_indices_bool,
+        keep_mems: bool,
+    ) -> Callable[..., torch.Tensor | tuple[torch.Tensor, ...]]:
         def run(hidden_states: torch.Tensor, *chunk_mems: torch.Tensor):
             outputs = []
             for offset, layer in enumerate(self.layers[start:end]):
                 mem = chunk_mems[offset] if chunk_mems else None
-                hidden_states = layer(hidden_states, visible, mem=mem, is_sparse=is_sparse, pivot_idx=pivot_idx,
-                                      txt_indices_bool=txt_indices_bool, img_indices_bool=img_indices_bool)
+                hidden_states = layer(
+                    hidden_states,
+                    visible,
+                    mem=mem,
+                    is_sparse=is_sparse,
+                    pivot_idx=pivot_idx,
+                    txt_indices_bool=txt_indices_bool,
+                    img_indices_bool=img_indices_bool,
+                )
                 outputs.append(hidden_states)
             return tuple(outputs) if keep_mems else hidden_states
 
@@ -242,10 +288,17 @@ class GPT2ParallelTransformer(nn.Module):
         keep = new_length - query_length
         return [torch.cat((m[:, -keep:], h), dim=1) for m, h in zip(mems, hiddens, strict=True)]
 
-    def forward_cached(self, hidden_states: torch.Tensor, position_ids: torch.Tensor, kv_cache: KVCache,
-                       attention_mask: torch.Tensor | int = 0) -> torch.Tensor:
-        """Process new positions ``[b, sq, h]`` after those in ``kv_cache`` (which it extends); returns the final LN."""
-        visible = visibility_from_mask(attention_mask, hidden_states.size(1), kv_cache.length, hidden_states.device)
+    def forward_cached(
+        self,
+        hidden_states: torch.Tensor,
+        position_ids: torch.Tensor,
+        kv_cache: KVCache,
+        attention_mask: torch.Tensor | int = 0,
+    ) -> torch.Tensor:
+        """Run new positions ``[b, sq, h]`` after those in ``kv_cache`` (extending it); final LN output."""
+        visible = visibility_from_mask(
+            attention_mask, hidden_states.size(1), kv_cache.length, hidden_states.device
+        )
         hidden_states = self._embed(hidden_states, position_ids)
         for layer, layer_cache in zip(self.layers, kv_cache.layers, strict=True):
             hidden_states = layer(hidden_states, visible, kv_cache=layer_cache)

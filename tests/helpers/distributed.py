@@ -20,12 +20,22 @@ def free_port() -> int:
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, queue) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world_size),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(rank),
+    )
     torch.set_num_threads(1)
     try:
-        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size,
-                                timeout=datetime.timedelta(seconds=120))
+        dist.init_process_group(
+            "gloo",
+            init_method=f"tcp://127.0.0.1:{port}",
+            rank=rank,
+            world_size=world_size,
+            timeout=datetime.timedelta(seconds=120),
+        )
         result = fn(rank, world_size, *args)
         queue.put((rank, "ok", result))
         dist.barrier()
@@ -47,8 +57,13 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     """
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
-    processes = mp.start_processes(_worker, args=(world_size, free_port(), fn, args, queue), nprocs=world_size,
-                                   join=False, start_method="spawn")
+    processes = mp.start_processes(
+        _worker,
+        args=(world_size, free_port(), fn, args, queue),
+        nprocs=world_size,
+        join=False,
+        start_method="spawn",
+    )
     results: dict[int, Any] = {}
     errors = []
     for _ in range(world_size):
