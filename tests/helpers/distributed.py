@@ -1,6 +1,7 @@
 """Run a test function in several gloo processes on 127.0.0.1 and collect what each rank returns."""
 
 import datetime
+import io
 import os
 import socket
 import traceback
@@ -37,7 +38,9 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args:
             timeout=datetime.timedelta(seconds=120),
         )
         result = fn(rank, world_size, *args)
-        queue.put((rank, "ok", result))
+        buffer = io.BytesIO()  # plain bytes: shared-memory tensors would die with this process
+        torch.save(result, buffer)
+        queue.put((rank, "ok", buffer.getvalue()))
         dist.barrier()
     except BaseException:  # report any failure to the parent instead of hanging it
         queue.put((rank, "error", traceback.format_exc()))
@@ -69,7 +72,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     for _ in range(world_size):
         rank, status, payload = queue.get()
         if status == "ok":
-            results[rank] = payload
+            results[rank] = torch.load(io.BytesIO(payload), weights_only=False)  # our own test data
         else:
             errors.append(f"rank {rank} failed:\n{payload}")
     processes.join()
