@@ -101,17 +101,23 @@ class GPT2Model(nn.Module):
         kv_cache: mpu.KVCache,
         attention_mask: torch.Tensor | int = 0,
         last_only: bool = False,
+        vocab_range: tuple[int, int] | None = None,
     ) -> torch.Tensor:
         """Incremental decoding: run the new tokens ``[b, sq]`` after those already in ``kv_cache``.
 
         Returns gathered logits ``[b, sq, V]`` (``[b, 1, V]`` with ``last_only``), equal to the
-        corresponding rows of a full forward over the whole sequence.
+        corresponding rows of a full forward over the whole sequence. ``vocab_range=(lo, hi)`` returns
+        only the logits of ids ``lo..hi-1`` (``[..., hi - lo]``): when sampling an image token only the
+        image ids are allowed, and projecting onto them alone skips most of the output matmul.
         """
         embeddings = self.word_embeddings(input_ids)
         output = self.transformer.forward_cached(embeddings, position_ids, kv_cache, attention_mask)
         if last_only:
             output = output[:, -1:]
-        return self.logits(output, gather=True)
+        if vocab_range is not None and mpu.get_model_parallel_world_size() == 1:
+            return F.linear(output, self.word_embeddings.weight[vocab_range[0] : vocab_range[1]])
+        logits = self.logits(output, gather=True)
+        return logits[..., vocab_range[0] : vocab_range[1]] if vocab_range is not None else logits
 
 
 def gpt2_get_params_for_weight_decay_optimization(module: nn.Module) -> tuple[dict, dict]:

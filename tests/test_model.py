@@ -91,6 +91,13 @@ def test_kv_cache_decoding_equals_full_forward(model, batch):
     assert cache.length == ids.size(1)
 
 
+def test_kv_cache_vocab_range_returns_the_slice_of_full_logits(model, batch):
+    ids, positions = batch
+    full = model.forward_cached(ids, positions, model.new_kv_cache())
+    sliced = model.forward_cached(ids, positions, model.new_kv_cache(), last_only=True, vocab_range=(16, 80))
+    torch.testing.assert_close(sliced, full[:, -1:, 16:80], atol=1e-6, rtol=1e-6)
+
+
 def test_kv_cache_chunks_and_batch_expansion(model, batch):
     ids, positions = batch
     one = ids[:1]
