@@ -1,0 +1,56 @@
+"""The text tokenizer: a SentencePiece model (the released one is `cog-pretrain.model`, BPE, 50,000 pieces).
+
+The original loaded the model by a path relative to the working directory, so every script had to run from
+the repository root; here the default is resolved from this file's location.
+"""
+
+import os
+from pathlib import Path
+
+import sentencepiece as spm
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_TXT_TOKENIZER_PATH = REPO_ROOT / "pretrained" / "chinese_sentencepiece" / "cog-pretrain.model"
+
+
+class TokenizerModelNotFoundError(FileNotFoundError):
+    """The SentencePiece model file does not exist."""
+
+
+class TokenizerModelError(ValueError):
+    """The file exists but is not a SentencePiece model."""
+
+
+class SentencePieceTokenizer:
+    """Text ↔ raw SentencePiece ids (no BOS/EOS added), the original's `Encoder_SP`.
+
+    `path` defaults to the released `pretrained/chinese_sentencepiece/cog-pretrain.model` of this repository;
+    any other SentencePiece model (another language or vocabulary size) works the same way.
+    """
+
+    def __init__(self, path: str | os.PathLike | None = None):
+        self.path = Path(path) if path is not None else DEFAULT_TXT_TOKENIZER_PATH
+        if not self.path.is_file():
+            if path is None:
+                raise TokenizerModelNotFoundError(
+                    f"The text tokenizer {self.path} is missing; run env/setup.sh to fetch it."
+                )
+            raise TokenizerModelNotFoundError(f"Text tokenizer model {self.path} does not exist.")
+        self.sp = spm.SentencePieceProcessor()
+        try:
+            self.sp.Load(str(self.path))
+        except (OSError, RuntimeError) as error:
+            raise TokenizerModelError(f"{self.path} is not a SentencePiece model file.") from error
+
+    @property
+    def num_tokens(self) -> int:
+        """Vocabulary size of the SentencePiece model."""
+        return self.sp.GetPieceSize()
+
+    def encode(self, text: str) -> list[int]:
+        """Text → raw SentencePiece ids."""
+        return self.sp.EncodeAsIds(text)
+
+    def decode(self, ids: list[int]) -> str:
+        """Raw SentencePiece ids → text."""
+        return self.sp.DecodeIds([int(i) for i in ids])
