@@ -1,0 +1,40 @@
+"""VQ-VAE image tokenizer: 256² px images ↔ 32×32 grids of codes from a codebook of 8192 (CogView §2.2)."""
+
+from vqvae.api import code2img, img2code, new_model
+from vqvae.checkpoint import VQVAECheckpointError, load_vqvae, save_vqvae
+from vqvae.images import (
+    IMAGE_MEAN,
+    IMAGE_STD,
+    ImageReadError,
+    denormalize,
+    image_to_tensor,
+    normalize,
+    open_image,
+    read_img,
+    save_images,
+    to_pil,
+)
+from vqvae.model import VQVAE, Decoder, Encoder, Quantize
+
+__all__ = [
+    "IMAGE_MEAN",
+    "IMAGE_STD",
+    "VQVAE",
+    "Decoder",
+    "Encoder",
+    "ImageReadError",
+    "Quantize",
+    "VQVAECheckpointError",
+    "code2img",
+    "denormalize",
+    "image_to_tensor",
+    "img2code",
+    "load_vqvae",
+    "new_model",
+    "normalize",
+    "open_image",
+    "read_img",
+    "save_images",
+    "save_vqvae",
+    "to_pil",
+]

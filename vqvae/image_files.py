@@ -1,0 +1,76 @@
+"""A dataset of image files from a folder (searched recursively) or a zip archive, for tokenizer training."""
+
+import os
+import zipfile
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from vqvae.images import ImageReadError, image_to_tensor, open_image
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class NoImagesError(ValueError):
+    """A folder or zip archive without any image file."""
+
+
+class ImageFiles(Dataset):
+    """Images under `source` (a folder, recursively, or a .zip), preprocessed like `read_img`.
+
+    Item i is `(tensor [3, S, S] or None, name, error)`: an unreadable image gives None and the reason, so
+    that a training loop can skip it and count it instead of crashing on one bad file.
+    """
+
+    def __init__(self, source: str | os.PathLike, img_size: int):
+        self.source = Path(source)
+        self.img_size = img_size
+        self.is_folder = self.source.is_dir()
+        if self.is_folder:
+            self.names = sorted(
+                str(p.relative_to(self.source))
+                for p in self.source.rglob("*")
+                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
+            )
+        elif self.source.is_file() and zipfile.is_zipfile(self.source):
+            with zipfile.ZipFile(self.source) as archive:
+                self.names = sorted(
+                    info.filename
+                    for info in archive.infolist()
+                    if not info.is_dir()
+                    and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
+                    and not info.filename.startswith("__MACOSX/")
+                )
+        elif self.source.exists():
+            raise NoImagesError(f"{self.source} is neither a folder nor a zip archive of images.")
+        else:
+            raise FileNotFoundError(f"Image folder or zip not found: {self.source}")
+        if not self.names:
+            suffixes = ", ".join(IMAGE_SUFFIXES)
+            raise NoImagesError(f"No image files ({suffixes}) found in {self.source}.")
+        self._archive: zipfile.ZipFile | None = None
+        self._archive_pid = -1
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _open(self, name: str):
+        if self.is_folder:
+            return open(self.source / name, "rb")
+        if self._archive is None or self._archive_pid != os.getpid():
+            # One handle per process: a handle inherited by a DataLoader worker would share its file offset.
+            self._archive = zipfile.ZipFile(self.source)
+            self._archive_pid = os.getpid()
+        return self._archive.open(name)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str, str]:
+        name = self.names[index]
+        label = f"{self.source}/{name}" if self.is_folder else f"{self.source}:{name}"
+        try:
+            with self._open(name) as handle, open_image(handle, label) as image:
+                return image_to_tensor(image, self.img_size, name=label)[0], label, ""
+        except ImageReadError as error:
+            return None, label, str(error)
+        except (OSError, zipfile.BadZipFile) as error:  # the file or zip member itself cannot be read
+            return None, label, f"Cannot read image {label}: {error}"
