@@ -229,6 +229,11 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument(
         "--load", type=str, default=None, help="checkpoint folder (holding latest_checkpointed_iteration.txt)"
     )
+    group.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="(added) allow checkpoints holding arbitrary pickled objects; only for files you trust",
+    )
     group.add_argument("--no-load-optim", action="store_true", help="do not load the optimizer state")
     group.add_argument("--no-load-rng", action="store_true", help="do not load the RNG state")
     group.add_argument(
@@ -277,6 +282,13 @@ def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--max-inference-batch-size", type=int, default=12, help="the most samples in one forward pass"
+    )
+    group.add_argument(
+        "--image-size",
+        type=int,
+        default=256,
+        help="(added) image side in pixels; the VQ-VAE's code grid follows from it (256 → 32×32 for the "
+        "released model)",
     )
 
 

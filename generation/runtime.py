@@ -1,0 +1,151 @@
+"""Process set-up for generation (§8.1): device, dtype, process groups, seeds, tokenizer, model, weights.
+
+Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
+when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the
+``meta`` device and materialised directly in its final dtype and device, so a 4B model never exists
+twice in memory, and its weights come from ``--load`` (there is no random initialisation to waste).
+"""
+
+import argparse
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import mpu
+from data_utils import UnifiedTokenizer, get_tokenizer
+from model import GPT2Model
+from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
+from model.partition import padded_vocab_size
+
+RELEASED_CHECKPOINTS = "pretrained/cogview/cogview-{base,sr,caption}/"
+RELEASED_VQVAE = "pretrained/vqvae/vqvae_hard_biggerset_011.pt"
+DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT = "localhost", "6000"
+
+
+class MissingWeightsError(FileNotFoundError):
+    """The model checkpoint or the VQ-VAE file is not where the arguments say."""
+
+
+def check_weights(args: argparse.Namespace) -> None:
+    """Fail fast, before anything is loaded, if ``--load`` or ``--img-tokenizer-path`` points at nothing.
+
+    The message says where the released weights belong.
+    """
+    where = (
+        f"put the released CogView weights in {RELEASED_CHECKPOINTS} (the folder holding "
+        "latest_checkpointed_iteration.txt and 142000/mp_rank_00_model_states.pt) or pass --load DIR"
+    )
+    if args.load is None:
+        raise MissingWeightsError(f"no model checkpoint given: {where}")
+    try:
+        read_tracker(args.load)
+    except CheckpointNotFoundError as error:
+        raise MissingWeightsError(f"{error}: {where}") from error
+    vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE} or pass --img-tokenizer-path FILE"
+    if args.img_tokenizer_path is None:
+        raise MissingWeightsError(f"no VQ-VAE given: {vqvae_where}")
+    if not Path(args.img_tokenizer_path).is_file():
+        raise MissingWeightsError(f"VQ-VAE file {args.img_tokenizer_path} does not exist: {vqvae_where}")
+
+
+def init_device(args: argparse.Namespace) -> torch.device:
+    """The device this process runs on; ``--device cuda`` (no index) means the GPU of its local rank."""
+    device = torch.device(args.device)
+    if device.type == "cuda":
+        if device.index is None:
+            local_rank = args.local_rank if args.local_rank is not None else args.rank
+            device = torch.device("cuda", local_rank % torch.cuda.device_count())
+        torch.cuda.set_device(device)
+    return device
+
+
+def init_distributed(args: argparse.Namespace, device: torch.device) -> bool:
+    """With ``WORLD_SIZE`` > 1: the process group (unless the caller made one) and the model-parallel groups.
+
+    Returns whether a process group was created here, i.e. whether the caller must destroy it. A single
+    process needs neither.
+    """
+    if args.world_size == 1:
+        return False
+    created = not dist.is_initialized()
+    if created:
+        address = os.environ.get("MASTER_ADDR", DEFAULT_MASTER_ADDR)
+        port = os.environ.get("MASTER_PORT", DEFAULT_MASTER_PORT)
+        dist.init_process_group(
+            args.distributed_backend if device.type == "cuda" else "gloo",
+            init_method=f"tcp://{address}:{port}",
+            rank=args.rank,
+            world_size=args.world_size,
+        )
+    if not mpu.model_parallel_is_initialized():
+        mpu.initialize_model_parallel(args.model_parallel_size)
+    return created
+
+
+def set_random_seed(seed: int, device: torch.device) -> None:
+    """Seed Python, numpy and torch, and the model-parallel RNG stream, as the original did."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    mpu.model_parallel_cuda_manual_seed(seed, device.type)
+
+
+def model_dtype(args: argparse.Namespace) -> torch.dtype:
+    """fp16 with ``--fp16``, bf16 with ``--bf16``, else fp32 (the fast choice on CPUs)."""
+    if args.fp16:
+        return torch.float16
+    if args.bf16:
+        return torch.bfloat16
+    return torch.float32
+
+
+def build_tokenizer(args: argparse.Namespace, device: torch.device) -> UnifiedTokenizer:
+    """The unified tokenizer from ``--img-tokenizer-path`` and ``--text-tokenizer-path``.
+
+    It is also installed as the process-wide tokenizer, for code that calls ``get_tokenizer()``.
+    """
+    tokenizer = UnifiedTokenizer(
+        args.img_tokenizer_path,
+        device,
+        img_tokenizer_num_tokens=args.img_tokenizer_num_tokens,
+        txt_tokenizer_path=args.text_tokenizer_path,
+    )
+    return get_tokenizer(tokenizer=tokenizer)
+
+
+def build_model(
+    args: argparse.Namespace, num_tokens: int, device: torch.device, dtype: torch.dtype = torch.float32
+) -> GPT2Model:
+    """``GPT2Model`` from the size arguments, loaded from ``--load``, in eval mode on ``device``.
+
+    The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
+    (stored in ``args.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    """
+    args.vocab_size = padded_vocab_size(
+        num_tokens, mpu.get_model_parallel_world_size(), args.make_vocab_size_divisible_by
+    )
+    with torch.device("meta"):
+        model = GPT2Model(
+            num_layers=args.num_layers,
+            vocab_size=args.vocab_size,
+            hidden_size=args.hidden_size,
+            num_attention_heads=args.num_attention_heads,
+            embedding_dropout_prob=args.hidden_dropout,
+            attention_dropout_prob=args.attention_dropout,
+            output_dropout_prob=args.hidden_dropout,
+            max_sequence_length=args.max_position_embeddings,
+            max_memory_length=0,
+            checkpoint_activations=False,
+            parallel_output=False,
+            query_window=args.query_window,
+            key_window_times=args.key_window_times,
+            num_pivot=args.num_pivot,
+            pb_relax_attention=args.pb_relax_attention,
+        )
+    model = model.to(dtype).to_empty(device=device)
+    load_checkpoint(model, args.load, trust_checkpoint=args.trust_checkpoint)
+    return model.eval()

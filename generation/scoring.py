@@ -1,0 +1,71 @@
+"""Post-selection: rank candidate images by how well the caption model predicts the shared text from each."""
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+import mpu
+from data_utils import get_tokenizer
+from generation.filling import position_ids
+from generation.sampling import Tokenizer
+from model import GPT2Model
+
+
+def text_start(row: Sequence[int], tokenizer: Tokenizer) -> int:
+    """Index of the ``[ROI1]`` that follows the first ``[EOI1]`` of ``row``: the text starts right after it.
+
+    Replaces the original's hard-coded 1027 (= ``[BASE] [BOI1]`` + 1024 codes + ``[EOI1]``), so any
+    image size works.
+    """
+    eoi1, roi1 = tokenizer["[EOI1]"], tokenizer["[ROI1]"]
+    try:
+        image_end = row.index(eoi1)
+        return row.index(roi1, image_end + 1)
+    except ValueError:
+        raise ValueError(
+            "A post-selection sequence has no [ROI1] after its [EOI1]; expected the layout "
+            "[BASE] [BOI1] image [EOI1] [ROI1] text."
+        ) from None
+
+
+def inverse_prompt_score(
+    model: GPT2Model,
+    seqs: torch.Tensor | Sequence[Sequence[int]],
+    tokenizer: Tokenizer | None = None,
+) -> torch.Tensor:
+    """Scores ``[b]``: per row of ``seqs``, the sum over its text of log p(token | image, previous text).
+
+    ``seqs`` ``[b, L]`` holds ``[BASE] [BOI1] image [EOI1] [ROI1] text`` rows (one candidate image each, the
+    same text). One full forward; as in the original, image ids are excluded from the prediction
+    (their logits set to −inf) and the log-softmax runs over the whole (padded) vocabulary. The sum is not
+    length-normalised, which does not change the ranking of rows sharing a text.
+    """
+    tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
+    device = model.word_embeddings.weight.device
+    rows = [list(map(int, row)) for row in seqs]
+    if not rows:
+        raise ValueError("inverse_prompt_score needs at least one sequence.")
+    for number, row in enumerate(rows):
+        if len(row) != len(rows[0]):
+            raise ValueError(
+                f"Post-selection sequence {number} has {len(row)} tokens but sequence 0 has {len(rows[0])}; "
+                "all candidates must share the same text and image size."
+            )
+        if min(row) < 0:
+            raise ValueError(f"Post-selection sequence {number} contains a negative (to-generate) id.")
+    starts = torch.tensor([text_start(row, tokenizer) for row in rows], device=device)  # [b]
+    length = len(rows[0])
+    tokens = torch.tensor(rows, device=device)  # [b, L]
+    positions = torch.tensor(position_ids(rows[0], length, tokenizer["[ROI2]"]), device=device)
+
+    with torch.inference_mode():
+        logits = model(tokens, positions.expand_as(tokens), 0)[0]  # [b, L, V or V/p]
+        if model.parallel_output and mpu.get_model_parallel_world_size() > 1:
+            logits = mpu.gather_from_model_parallel_region(logits)
+        logits = logits[:, :-1].float()  # [b, L-1, V]: the prediction of tokens 1..L-1
+        logits[..., : tokenizer.num_image_tokens] = -float("inf")
+        log_probs = F.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [b, L-1]
+        predicted = torch.arange(1, length, device=device)  # the position of each target token
+        is_text = predicted[None, :] > starts[:, None]  # [b, L-1]
+        return torch.where(is_text, log_probs, 0.0).sum(dim=1)

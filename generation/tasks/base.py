@@ -1,0 +1,150 @@
+"""What every task shares: the context a query runs in, the result it hands back, and the task record.
+
+Sizes come from the loaded models instead of the original's constants, so small models work too: the
+code grid is ``image_size / downsampling`` of the VQ-VAE (256 / 8 = 32×32 = 1024 codes and ``[BASE]``
+for the released one; a ×32 VQ-VAE gives 8×8 = 64 codes and ``[TINY]``), and the query limit is
+``max(--max-position-embeddings, --max-position-embeddings-finetune)`` (§8.5).
+"""
+
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from data_utils import UnifiedTokenizer
+from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError
+from generation.filling import filling_sequence
+from model import GPT2Model
+
+DEFAULT_IMAGE_SIZE = 256
+Decoded = tuple[list[str], list[torch.Tensor]]  # DecodeIds: (text and command segments, images)
+
+
+def code_grid_side(tokenizer: UnifiedTokenizer, image_size: int = DEFAULT_IMAGE_SIZE) -> int:
+    """Side of the code grid the VQ-VAE makes of an ``image_size``² image; it needs a size token.
+
+    The side must also be even (low-level super-resolution reads images at half the size).
+    """
+    factor = tokenizer.img_tokenizer.downsample_factor
+    side = image_size // factor
+    if image_size % factor or side not in SIZE_TOKENS or side % 2:
+        raise ValueError(
+            f"the VQ-VAE turns {image_size}² px images into a {image_size / factor:g}² grid, "
+            f"but CogView has size tokens only for {', '.join(f'{s}×{s}' for s in SIZE_TOKENS)} grids"
+        )
+    return side
+
+
+@dataclass
+class QueryResult:
+    """What one query produced, for the runner to save and print.
+
+    ``samples``: the final image of each sample, ``[1, 3, H, W]`` (saved as ``{i}.jpg`` and ``concat.jpg``);
+    ``debug_images``: every decoded image of every sample (the ``--debug`` grid); ``line``: this query's
+    line in the task's results file (captions, scores); ``report``: lines to print.
+    """
+
+    samples: list[torch.Tensor] = field(default_factory=list)
+    debug_images: list[torch.Tensor] = field(default_factory=list)
+    line: str | None = None
+    report: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TaskContext:
+    """The model, tokenizer and arguments a query runs with, and the helpers every task uses.
+
+    ``args`` supplies the sampling settings (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
+    ``max_inference_batch_size``) and the length limits. ``generator`` makes sampling reproducible;
+    ``progress`` shows a bar over generated tokens.
+    """
+
+    model: GPT2Model
+    tokenizer: UnifiedTokenizer
+    args: argparse.Namespace
+    image_size: int = DEFAULT_IMAGE_SIZE
+    generator: torch.Generator | None = None
+    progress: bool = False
+    grid_side: int = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.grid_side = code_grid_side(self.tokenizer, self.image_size)
+
+    @property
+    def num_codes(self) -> int:
+        """Codes of one image (1024 for the released VQ-VAE)."""
+        return self.grid_side**2
+
+    @property
+    def size_token(self) -> str:
+        """The size command of one image, e.g. ``[BASE]`` for 32×32 codes."""
+        return SIZE_TOKENS[self.grid_side]
+
+    @property
+    def max_length(self) -> int:
+        """The longest query the model takes: ``max(--max-position-embeddings, ...-finetune)``."""
+        return max(self.args.max_position_embeddings, self.args.max_position_embeddings_finetune)
+
+    def check_length(self, length: int) -> None:
+        """Refuse a sequence longer than :attr:`max_length` with one clear sentence."""
+        if length > self.max_length:
+            raise QueryError(
+                f"the query is {length} tokens long, but the model takes at most {self.max_length} "
+                "(--max-position-embeddings, --max-position-embeddings-finetune); shorten the text"
+            )
+
+    def parse(self, query: str, img_size: int | None = None) -> list[int]:
+        """``tokenizer.parse_query`` (images read at ``img_size``, default ``image_size``), length-checked."""
+        ids = self.tokenizer.parse_query(query, img_size=img_size or self.image_size)
+        self.check_length(len(ids))
+        return ids
+
+    def fill(self, ids: Sequence[int]) -> torch.Tensor:
+        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``."""
+        return filling_sequence(
+            self.model,
+            ids,
+            self.args,
+            tokenizer=self.tokenizer,
+            generator=self.generator,
+            progress=self.progress,
+        )
+
+    def decode(self, samples: torch.Tensor) -> list[Decoded]:
+        """``tokenizer.DecodeIds`` of each sample ``[b, L]``: its text and command segments and its images."""
+        return [self.tokenizer.DecodeIds(sample) for sample in samples]
+
+    def decode_images(self, samples: torch.Tensor) -> QueryResult:
+        """Decode samples ``[b, L]`` into a result of their images (the decoded text printed with --debug)."""
+        return images_result(self.decode(samples), report=self.args.debug)
+
+
+def images_result(decoded: Sequence[Decoded], report: bool = False) -> QueryResult:
+    """The result of decoded samples: each sample's last image is its result; all go to the debug grid.
+
+    With ``report`` each sample's segments are printed, space-separated.
+    """
+    result = QueryResult()
+    for segments, images in decoded:
+        if images:
+            result.samples.append(images[-1])
+            result.debug_images.extend(images)
+        if report:
+            result.report.append(" ".join(segments))
+    return result
+
+
+@dataclass(frozen=True)
+class Task:
+    """One ``--generation-task``: the TAB fields of its query lines and the function that runs a query.
+
+    ``repeat_last``: the last field may repeat (post-selection's candidate images). ``results_file``:
+    the file under ``--output-path`` that collects :attr:`QueryResult.line`, aligned with the input.
+    """
+
+    name: str
+    fields: tuple[str, ...]
+    run: Callable[[TaskContext, list[str]], QueryResult]
+    repeat_last: bool = False
+    results_file: str | None = None

@@ -1,0 +1,43 @@
+# Sourced by the generation launchers (text2image.sh, super_resolution.sh, ...): the common block of the
+# original scripts, made to run anywhere. Environment:
+#   CHECKPOINT_PATH     model folder (each launcher's default is a released model in pretrained/cogview/)
+#   IMG_TOKENIZER_PATH  VQ-VAE file (default pretrained/vqvae/vqvae_hard_biggerset_011.pt)
+#   DEVICE              cpu, cuda, cuda:N or a GPU index (default: cuda when a GPU is usable, else cpu)
+#   PRECISION           fp16, bf16 or fp32 (default: fp16 on a GPU as the original, fp32 on the CPU,
+#                       where half precision is very slow)
+# Arguments given to the launcher go last, so they override the defaults here (e.g. --batch-size 8,
+# --input-source my_queries.txt). Relative paths (input files, output folders) are relative to the
+# current directory, as in the original.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+"$repo/env/setup.sh"
+python="$repo/.venv/bin/python"
+IMG_TOKENIZER_PATH="${IMG_TOKENIZER_PATH:-$repo/pretrained/vqvae/vqvae_hard_biggerset_011.pt}"
+if [ -z "${DEVICE:-}" ]; then
+  DEVICE="$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
+fi
+if [ "$DEVICE" = cpu ]; then
+  export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"  # DeepSpeed (imported for its arguments) stays quiet
+  PRECISION="${PRECISION:-fp32}"
+fi
+case "${PRECISION:-fp16}" in
+  fp16) precision=(--fp16) ;;
+  bf16) precision=(--bf16) ;;
+  fp32) precision=() ;;
+  *) echo "PRECISION=$PRECISION is not one of fp16, bf16, fp32" >&2; exit 2 ;;
+esac
+
+# generate CHECKPOINT TEMPERATURE MAXSEQLEN ARGS...: run generate_samples.py with the released model's
+# arguments (reference §9.8), then ARGS. A missing checkpoint or VQ-VAE stops it with one line saying
+# where the released weights go.
+generate() {
+  local checkpoint="$1" temperature="$2" max_seq_len="$3"
+  shift 3
+  exec "$python" "$repo/generate_samples.py" \
+    --model-parallel-size 1 --num-layers 48 --hidden-size 2560 --num-attention-heads 40 \
+    --max-position-embeddings 1089 --max-position-embeddings-finetune "$max_seq_len" \
+    --load "$checkpoint" --img-tokenizer-path "$IMG_TOKENIZER_PATH" --device "$DEVICE" "${precision[@]}" \
+    --temperature "$temperature" --top_k 200 --top_p 0 \
+    --query-window 64 --key-window-times 4 --num-pivot 256 --is-sparse 0 \
+    "$@"
+}
