@@ -24,10 +24,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from data_utils import UnifiedTokenizer  # noqa: E402
-from generation import filling_sequence  # noqa: E402
-from model import GPT2Model  # noqa: E402
-from model.partition import padded_vocab_size  # noqa: E402
+from data_utils import UnifiedTokenizer
+from generation import filling_sequence
+from model import GPT2Model
+from model.partition import padded_vocab_size
 
 LAYERS, HIDDEN, HEADS = 12, 768, 12
 IMAGE_TOKENS = 8192
@@ -48,13 +48,16 @@ def prompt_ids(tokenizer: UnifiedTokenizer, prompt_length: int) -> list[int]:
 
 def bench_ours(model, tokenizer, prompt, new_tokens, batch, top_k) -> float:
     seq = torch.tensor(prompt + [-1] * new_tokens)
-    args = SimpleNamespace(batch_size=batch, max_inference_batch_size=batch, top_k=top_k, top_p=0.0,
-                           temperature=1.0)
+    args = SimpleNamespace(
+        batch_size=batch, max_inference_batch_size=batch, top_k=top_k, top_p=0.0, temperature=1.0
+    )
     filling_sequence(model, seq[: len(prompt) + 8], args, tokenizer=tokenizer)  # warm-up
     start = time.perf_counter()
     output = filling_sequence(model, seq, args, tokenizer=tokenizer)
     elapsed = time.perf_counter() - start
-    assert output.shape == (batch, len(prompt) + new_tokens) and (output[:, len(prompt):] < IMAGE_TOKENS).all()
+    assert (
+        output.shape == (batch, len(prompt) + new_tokens) and (output[:, len(prompt) :] < IMAGE_TOKENS).all()
+    )
     return batch * new_tokens / elapsed
 
 
@@ -99,8 +102,17 @@ def bench_original_full(model, prompt_length, new_tokens, batch) -> float:
 def bench_huggingface(vocab, positions, prompt, new_tokens, batch, top_k) -> float:
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    config = GPT2Config(vocab_size=vocab, n_positions=positions, n_embd=HIDDEN, n_layer=LAYERS, n_head=HEADS,
-                        activation_function="gelu_new", bos_token_id=0, eos_token_id=None, pad_token_id=0)
+    config = GPT2Config(
+        vocab_size=vocab,
+        n_positions=positions,
+        n_embd=HIDDEN,
+        n_layer=LAYERS,
+        n_head=HEADS,
+        activation_function="gelu_new",
+        bos_token_id=0,
+        eos_token_id=None,
+        pad_token_id=0,
+    )
     torch.manual_seed(0)
     hf = GPT2LMHeadModel(config).eval()
     input_ids = torch.tensor([prompt] * batch)
@@ -125,12 +137,16 @@ def copy_bandwidth_gbs() -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--new-tokens", type=int, default=1024)
     parser.add_argument("--prompt-length", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--top-k", type=int, default=200)
-    parser.add_argument("--full-baseline", action="store_true", help="run the original algorithm's whole loop")
+    parser.add_argument(
+        "--full-baseline", action="store_true", help="run the original algorithm's whole loop"
+    )
     parser.add_argument("--skip-hf", action="store_true", help="leave out the Hugging Face baseline")
     args = parser.parse_args(argv)
 
@@ -144,12 +160,17 @@ def main(argv: list[str] | None = None) -> None:
 
     ours = bench_ours(model, tokenizer, prompt, args.new_tokens, args.batch_size, args.top_k)
     original = bench_original(model, args.prompt_length, args.new_tokens, args.batch_size, args.full_baseline)
-    hf = None if args.skip_hf else bench_huggingface(vocab, positions, prompt, args.new_tokens, args.batch_size,
-                                                      args.top_k)
+    hf = (
+        None
+        if args.skip_hf
+        else bench_huggingface(vocab, positions, prompt, args.new_tokens, args.batch_size, args.top_k)
+    )
 
-    print(f"# {LAYERS} layers, hidden {HIDDEN}, vocab {vocab}; {args.prompt_length}-token prompt, "
-          f"{args.new_tokens} image tokens, batch {args.batch_size}, top-k {args.top_k}, fp32, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    print(
+        f"# {LAYERS} layers, hidden {HIDDEN}, vocab {vocab}; {args.prompt_length}-token prompt, "
+        f"{args.new_tokens} image tokens, batch {args.batch_size}, top-k {args.top_k}, fp32, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}, {platform.machine()}"
+    )
     print(f"{'method':<52} {'tokens/s':>9}")
     print(f"{'(a) ours: KV cache (filling_sequence)':<52} {ours:>9.1f}")
     label = "(b) original: recompute K/V from mems" + ("" if args.full_baseline else " (integrated)")

@@ -1,7 +1,6 @@
 """``GPT2Model``: CogView's GPT, with the released checkpoints' parameter names and numerics."""
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 import mpu
@@ -62,7 +61,7 @@ class GPT2Model(nn.Module):
 
     def logits(self, hidden_states: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
         """Project final hidden states ``[b, s, h]`` onto the tied vocabulary: ``[b, s, V/p]`` or gathered."""
-        logits_parallel = F.linear(
+        logits_parallel = mpu.linear(
             mpu.copy_to_model_parallel_region(hidden_states), self.word_embeddings.weight
         )
         if gather if gather is not None else not self.parallel_output:
@@ -115,7 +114,7 @@ class GPT2Model(nn.Module):
         if last_only:
             output = output[:, -1:]
         if vocab_range is not None and mpu.get_model_parallel_world_size() == 1:
-            return F.linear(output, self.word_embeddings.weight[vocab_range[0] : vocab_range[1]])
+            return mpu.linear(output, self.word_embeddings.weight[vocab_range[0] : vocab_range[1]])
         logits = self.logits(output, gather=True)
         return logits[..., vocab_range[0] : vocab_range[1]] if vocab_range is not None else logits
 

@@ -18,7 +18,7 @@ from .initialize import (
 )
 from .kv_cache import KVCache, LayerKVCache
 from .layernorm import LayerNorm
-from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding
+from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, linear
 from .mappings import (
     copy_to_model_parallel_region,
     gather_from_model_parallel_region,
@@ -83,6 +83,7 @@ __all__ = [
     "get_model_parallel_src_rank",
     "get_model_parallel_world_size",
     "initialize_model_parallel",
+    "linear",
     "model_parallel_cuda_manual_seed",
     "model_parallel_is_initialized",
     "reduce_from_model_parallel_region",

@@ -24,6 +24,23 @@ from .utils import VocabUtility, divide
 InitMethod = Callable[[torch.Tensor], torch.Tensor]
 
 
+def linear(input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear``; on the CPU with at most 16 input rows (incremental decoding) computed as ``(W xᵀ)ᵀ``.
+
+    For a handful of rows MKL's GEMM streams the weight about twice as fast in that orientation
+    (4 rows × a 3072×768 fp32 weight on the AVX2 CPUs: 6.9 → 13.5 GB/s), and streaming the weights is
+    nearly the whole cost of a decoding step. Same result up to float rounding.
+    """
+    rows = input_.numel() // input_.size(-1)
+    if input_.device.type != "cpu" or rows > 16:
+        return F.linear(input_, weight, bias)
+    columns = input_.reshape(rows, input_.size(-1)).t()  # [in, rows]
+    output = (
+        torch.addmm(bias[:, None], weight, columns) if bias is not None else weight @ columns
+    )  # [out, rows]
+    return output.t().contiguous().view(*input_.shape[:-1], weight.size(0))
+
+
 def _mark_partitioned(param: torch.Tensor, partition_dim: int, stride: int) -> None:
     param.model_parallel = True
     param.partition_dim = partition_dim
@@ -134,7 +151,7 @@ class ColumnParallelLinear(nn.Module):
         )
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
-        output_parallel = F.linear(copy_to_model_parallel_region(input_), self.weight, self.bias)
+        output_parallel = linear(copy_to_model_parallel_region(input_), self.weight, self.bias)
         return gather_from_model_parallel_region(output_parallel) if self.gather_output else output_parallel
 
 
@@ -178,5 +195,5 @@ class RowParallelLinear(nn.Module):
 
     def forward(self, input_: torch.Tensor) -> torch.Tensor:
         input_parallel = input_ if self.input_is_parallel else scatter_to_model_parallel_region(input_)
-        output = reduce_from_model_parallel_region(F.linear(input_parallel, self.weight))
+        output = reduce_from_model_parallel_region(linear(input_parallel, self.weight))
         return output + self.bias if self.bias is not None else output
