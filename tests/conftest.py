@@ -24,6 +24,15 @@ SHAPE_COLOURS = {
 SHAPE_KINDS = ("circle", "square", "triangle")
 
 
+def spread_codebook(model: vqvae.VQVAE, images: torch.Tensor) -> None:
+    """Set a random VQ-VAE's codebook to random encoder outputs of ``images``, so the codes vary."""
+    with torch.no_grad():
+        latents = model.enc_b(images).reshape(-1, model.quantize_t.embed.shape[0])  # [n, dim]
+        codebook = latents[torch.randperm(latents.shape[0])[: model.n_embed]].t()  # [dim, n_embed]
+        model.quantize_t.embed.copy_(codebook)
+        model.quantize_t.embed_avg.copy_(codebook)
+
+
 @pytest.fixture(scope="session")
 def real_sp() -> spm.SentencePieceProcessor:
     """The released SentencePiece model, loaded directly (an independent reference for the tokenizer)."""
@@ -41,11 +50,7 @@ def tiny_vqvae_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ×8 VQ-VAE (64 codes of dim 8) whose codebook is spread over encoder outputs, so codes vary."""
     torch.manual_seed(0)
     model = vqvae.VQVAE(channel=16, embed_dim=8, n_embed=64, stride=6).eval()
-    with torch.no_grad():
-        latents = model.enc_b(torch.randn(4, 3, 64, 64) * 1.5).reshape(-1, 8)  # [4*8*8, 8]
-        codebook = latents[torch.randperm(latents.shape[0])[:64]].t()  # [8, 64]
-        model.quantize_t.embed.copy_(codebook)
-        model.quantize_t.embed_avg.copy_(codebook)
+    spread_codebook(model, torch.randn(4, 3, 64, 64) * 1.5)
     path = tmp_path_factory.mktemp("vqvae") / "tiny_vqvae.pt"
     vqvae.save_vqvae(model, path)
     return path
@@ -150,11 +155,8 @@ def tiny_cogview(tmp_path_factory: pytest.TempPathFactory) -> dict:
     folder = tmp_path_factory.mktemp("tiny_cogview")
     torch.manual_seed(0)
     image_model = vqvae.VQVAE(channel=8, embed_dim=8, n_embed=64, stride=10).eval()
+    spread_codebook(image_model, torch.randn(2, 3, 256, 256) * 1.5)
     with torch.no_grad():
-        latents = image_model.enc_b(torch.randn(2, 3, 256, 256) * 1.5).reshape(-1, 8)  # [2*8*8, 8]
-        codebook = latents[torch.randperm(latents.shape[0])[:64]].t()  # [8, 64]
-        image_model.quantize_t.embed.copy_(codebook)
-        image_model.quantize_t.embed_avg.copy_(codebook)
         convs = [
             layer
             for layer in image_model.dec.blocks
