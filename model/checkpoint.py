@@ -18,7 +18,7 @@ import re
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +26,8 @@ import torch.distributed as dist
 from torch import nn
 
 import mpu
+from common.atomic_files import atomic_torch_save, atomic_write_text
+from common.errors import InputError, MissingInputError
 
 from .partition import (
     COGVIEW_NUM_TOKENS,
@@ -57,11 +59,11 @@ _LAYOUT_FREE_ENTRIES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that exists but cannot be used; the message names the file and the key."""
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(MissingInputError):
     """A checkpoint directory, tracker, iteration folder or shard file that is not there."""
 
 
@@ -248,29 +250,10 @@ def load_checkpoint(
     return iteration if iteration == RELEASE else int(iteration)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, fsync, then rename over the target."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)  # make the rename itself durable
-    finally:
-        os.close(directory)
-
-
 def write_tracker(save_dir: str | os.PathLike, iteration: int | str) -> Path:
     """Atomically write ``{save_dir}/latest_checkpointed_iteration.txt`` holding ``iteration``."""
     tracker = Path(save_dir) / TRACKER_FILENAMES[0]
-    _atomic_write(tracker, lambda file: file.write(str(iteration).encode()))
+    atomic_write_text(tracker, str(iteration))
     return tracker
 
 
@@ -299,7 +282,7 @@ def save_checkpoint(
             **client_state,
             "module": model.state_dict(),
         }
-        _atomic_write(path, lambda file: torch.save(payload, file))
+        atomic_torch_save(payload, path)
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         dist.barrier()
@@ -368,7 +351,7 @@ def reshard_checkpoint(
     for rank in range(target_mp):
         payload = {**kept, "mp_world_size": target_mp, "module": shard_state_dict(merged, target_mp, rank)}
         path = out_folder / shard_filename(rank)
-        _atomic_write(path, lambda file, payload=payload: torch.save(payload, file))
+        atomic_torch_save(payload, path)
         log(f"wrote {path} ({rank + 1}/{target_mp})")
     tracker = write_tracker(dst, iteration)
     log(f"wrote {tracker} -> {iteration}")
