@@ -25,7 +25,7 @@ from torch.utils.data import Dataset
 
 from common.errors import InputError, MissingInputError
 from data_utils.templates import TextCodeTemplate
-from data_utils.unified_tokenizer import UnifiedTokenizer, get_tokenizer
+from data_utils.unified_tokenizer import UnifiedTokenizer, tokenizer_or_default
 
 DATASET_TYPES = ("TokenizedDataset", "TextCodeDataset", "CompactBinaryDataset")
 BINARY_TEXT_LENGTH = 64  # text slots of a compact binary row
@@ -260,7 +260,7 @@ def get_dataset_by_type(
     `args` supplies `max_position_embeddings`, `finetune` and `max_position_embeddings_finetune`; the
     tokenizer defaults to `get_tokenizer(args)`.
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer(args)
+    tokenizer = tokenizer_or_default(tokenizer, args)
     process_fn = RowProcessor(dataset_type, sequence_length(args), tokenizer)
     if dataset_type == "CompactBinaryDataset":
         return BinaryDataset(path, process_fn)

@@ -5,7 +5,7 @@ The windows, their order and the tokens of each window's sequence are the super-
 """
 
 import argparse
-import copy
+import dataclasses
 import math
 from collections.abc import Sequence
 
@@ -13,7 +13,7 @@ import torch
 
 from data_utils import layouts
 from generation.filling import filling_sequence
-from generation.sampling import Tokenizer
+from generation.sampling import SamplingConfig, Tokenizer
 from model import GPT2Model
 
 
@@ -32,7 +32,7 @@ def magnify(
     tokenizer: Tokenizer,
     tokens_list: torch.Tensor | Sequence[int],
     text_token_list: torch.Tensor | Sequence[int],
-    args: argparse.Namespace,
+    args: SamplingConfig | argparse.Namespace,
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
@@ -44,8 +44,9 @@ def magnify(
     the prompt up to the low-res image (``layouts.super_resolution_prefix``: ``[ROI1] text [size] [BOI1]``),
     ``crop`` the window's (n/2)² low-res codes, ``[size]`` the size token of an n×n grid (``[BASE]`` for
     n = 32) and ``block`` the window's hi-res codes: those filled by earlier windows are given, the rest
-    generated. Windows overlap, so later ones continue what earlier ones drew. Sampling reads
-    ``args.temperature``, ``args.top_k`` and ``args.top_p``.
+    generated. Windows overlap, so later ones continue what earlier ones drew. ``args`` (a
+    ``SamplingConfig`` or the original's argparse namespace) gives ``temperature``, ``top_k`` and ``top_p``;
+    each window draws one sample.
     """
     low = torch.as_tensor(tokens_list, dtype=torch.long).flatten().cpu()
     side = math.isqrt(low.numel())
@@ -54,8 +55,7 @@ def magnify(
     layouts.check_super_resolution_side(side)
     text = torch.as_tensor(text_token_list, dtype=torch.long).flatten().cpu()
     midfix = torch.tensor(layouts.super_resolution_midfix(tokenizer, side))
-    one_sample = copy.copy(args)
-    one_sample.batch_size = one_sample.max_inference_batch_size = 1
+    one_sample = dataclasses.replace(SamplingConfig.of(args), batch_size=1, max_inference_batch_size=1)
 
     grid = low.view(side, side)
     high = torch.full((2 * side, 2 * side), -1, dtype=torch.long)  # [2n, 2n]

@@ -1,13 +1,13 @@
 """Post-selection: rank candidate images by how well the caption model predicts the shared text from each."""
 
+import argparse
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 import mpu
-from data_utils import get_tokenizer
-from data_utils.unified_tokenizer import QueryError
+from data_utils.unified_tokenizer import QueryError, tokenizer_or_default
 from generation.filling import position_ids
 from generation.sampling import Tokenizer
 from model import GPT2Model
@@ -33,16 +33,19 @@ def text_start(row: Sequence[int], tokenizer: Tokenizer) -> int:
 def inverse_prompt_score(
     model: GPT2Model,
     seqs: torch.Tensor | Sequence[Sequence[int]],
-    tokenizer: Tokenizer | None = None,
+    tokenizer: Tokenizer | argparse.Namespace | None = None,
 ) -> torch.Tensor:
     """Scores ``[b]``: per row of ``seqs``, the sum over its text of log p(token | image, previous text).
 
     ``seqs`` ``[b, L]`` holds ``[BASE] [BOI1] image [EOI1] [ROI1] text`` rows (one candidate image each, the
     same text). One full forward; as in the original, image ids are excluded from the prediction
     (their logits set to −inf) and the log-softmax runs over the whole (padded) vocabulary. The sum is not
-    length-normalised, which does not change the ranking of rows sharing a text.
+    length-normalised, which does not change the ranking of rows sharing a text. ``tokenizer`` may also
+    be the original's third argument, ``args``, or None: then the process-wide tokenizer is used.
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
+    if isinstance(tokenizer, argparse.Namespace):  # the original's call form: (model, seqs, args)
+        tokenizer = None
+    tokenizer = tokenizer_or_default(tokenizer)
     device = model.word_embeddings.weight.device
     rows = [list(map(int, row)) for row in seqs]
     if not rows:

@@ -17,6 +17,7 @@ from data_utils import UnifiedTokenizer
 from data_utils.layouts import SIZE_TOKENS
 from data_utils.unified_tokenizer import QueryError, as_int_list
 from generation.filling import filling_sequence
+from generation.sampling import SamplingConfig
 from model import GPT2Model
 
 DEFAULT_IMAGE_SIZE = 256
@@ -69,9 +70,11 @@ class TaskContext:
     generator: torch.Generator | None = None
     progress: bool = False
     grid_side: int = field(init=False)
+    sampling: SamplingConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.grid_side = code_grid_side(self.tokenizer, self.image_size)
+        self.sampling = SamplingConfig.of(self.args)
 
     @property
     def num_codes(self) -> int:
@@ -115,7 +118,7 @@ class TaskContext:
         return filling_sequence(
             self.model,
             ids,
-            self.args,
+            self.sampling,
             tokenizer=self.tokenizer,
             generator=self.generator,
             progress=self.progress,
