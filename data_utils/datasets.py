@@ -1,4 +1,4 @@
-"""Token datasets on disk (reference §7.1, §7.2) and the padding / loss mask every training sample gets.
+"""Token datasets on disk (LMDB and compact binary) and the padding / loss mask every training sample gets.
 
 Formats, unchanged from the original so existing data loads as is:
   * LMDB (`TokenizedDataset`, `TextCodeDataset`): key `length` = number of samples as decimal ASCII, key

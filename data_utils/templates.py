@@ -1,4 +1,4 @@
-"""Training-sequence templates of the original (reference §6.4): how text and image codes are laid out.
+"""The original's training-sequence templates: how text and image codes are laid out (`data_utils.layouts`).
 
 Each template takes the tokenizer explicitly (`tokenizer=`) and falls back to the process-wide one from
 `get_tokenizer()`, as the original did.

@@ -1,4 +1,4 @@
-"""One id space for image codes, text pieces and command tokens (reference §6.2), and its query language.
+"""One id space for image codes, text pieces and command tokens, and its query language.
 
 Layout, derived from the two tokenizers' sizes (the released ones give the numbers in brackets):
 

@@ -18,7 +18,7 @@ NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
 def position_ids(ids: Sequence[int], context_length: int, roi2: int) -> list[int]:
     """Position of every token of ``ids``: ``i``, or ``i - offset`` after the last ``[ROI2]`` of the context.
 
-    This is the original inference layout (§8.3): ``[ROI2]`` keeps its absolute index and the tokens after
+    This is the original inference layout: ``[ROI2]`` keeps its absolute index and the tokens after
     it restart at 1, 2, 3, … (training gave ``[ROI2]`` itself position 0; the mismatch is kept because the
     released super-resolution weights were used this way). A ``[ROI2]`` after ``context_length`` does not
     move the offset, as in the original.

@@ -1,4 +1,4 @@
-"""Where generated images and text go, written atomically and never over another query's files (§8.6).
+"""Where generated images and text go, written atomically and never over another query's files.
 
 Naming follows the original, with the overwrites removed:
 
@@ -12,7 +12,7 @@ Naming follows the original, with the overwrites removed:
 * per-line results (captions, scores) go to one text file aligned with the input, line n for line n.
 
 Images are clamped to [0, 1] when saved. The original min-max stretched each saved image (or grid) to
-[0, 1] instead (``save_image(normalize=True)``, §12.9), which changed colours and contrast per image.
+[0, 1] instead (``save_image(normalize=True)``), which changed colours and contrast per image.
 Every file is written to a temporary name in the same folder and renamed, so no reader ever sees a
 half-written file.
 """

@@ -1,4 +1,4 @@
-"""Process set-up for generation (§8.1): device, dtype, process groups, seeds, tokenizer, model, weights.
+"""Process set-up for generation: device, dtype, process groups, seeds, tokenizer, model, weights.
 
 Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
 when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the

@@ -1,6 +1,6 @@
 """One sampling step: temperature, top-k / top-p filters, the allowed-id state machine, multinomial draw.
 
-Reference §8.2. The original's order is kept: divide by the temperature, forbid the invalid ids, filter
+The original's order is kept: divide by the temperature, forbid the invalid ids, filter
 with top-k and top-p, softmax, draw. ``top_k = top_p = 0`` is plain ancestral sampling (not greedy).
 """
 
@@ -122,10 +122,6 @@ class InvalidSlices:
             tokenizer["[EOI2]"]: (image, command),
         }
         self.extra = list(extra)
-        self.allowed = self._text_range
-
-    def reset(self) -> None:
-        """Back to the text state (the start of a sequence)."""
         self.allowed = self._text_range
 
     def update(self, token: int) -> None:

@@ -40,8 +40,9 @@ def standard_attention(
     """The released computation: ``softmax((Q / sqrt(d)) K^T * m - 10000 (1 - m)) V``.
 
     ``query`` ``[b, n, sq, d]``; ``key``/``value`` ``[b, n, sk, d]``; returns ``[b, n, sq, d]``.
-    With ``pb_relax_alpha`` the scores follow the paper's PB-relax (§2.4): divide Q by ``alpha sqrt(d)``,
-    subtract the row max, multiply by alpha. Mathematically the same softmax; it keeps fp16 finite.
+    With ``pb_relax_alpha`` the scores follow the CogView paper's PB-relax (its section 2.4): divide Q by
+    ``alpha sqrt(d)``, subtract the row max, multiply by alpha. Mathematically the same softmax; it keeps
+    fp16 finite.
     """
     if visible is None:
         visible = causal_mask(query.size(-2), key.size(-2), query.device)

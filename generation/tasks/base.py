@@ -3,7 +3,7 @@
 Sizes come from the loaded models instead of the original's constants, so small models work too: the
 code grid is ``image_size / downsampling`` of the VQ-VAE (256 / 8 = 32×32 = 1024 codes and ``[BASE]``
 for the released one; a ×32 VQ-VAE gives 8×8 = 64 codes and ``[TINY]``), and the query limit is
-``max(--max-position-embeddings, --max-position-embeddings-finetune)`` (§8.5).
+``max(--max-position-embeddings, --max-position-embeddings-finetune)``.
 """
 
 import argparse
