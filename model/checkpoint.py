@@ -110,10 +110,26 @@ def _numpy_safe_globals() -> list:
     ]
 
 
-def _refused_global(message: str) -> str | None:
-    """The object that ``weights_only`` loading refused, if that is why it failed (else it is corruption)."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)|but got <class '([^']+)'>", message)
-    return next(name for name in match.groups() if name) if match else None
+# How torch's weights-only unpickler names what it refused, across torch versions: an unknown global, a
+# global of a blocked module (os.system, the usual payload of a malicious pickle), or a disallowed class.
+_REFUSED_PATTERNS = (
+    r"Unsupported global: GLOBAL (\S+)",
+    r"unsupported GLOBAL (\S+) whose module",
+    r"but got <class '([^']+)'>",
+)
+
+
+def refused_global(error: BaseException) -> str | None:
+    """The object that ``weights_only`` loading refused, if that is why ``error`` was raised (else None).
+
+    A refusal means the file is whole but holds pickled objects beyond tensors (a Namespace, or code to
+    run), which needs a different message from a truncated or corrupt file.
+    """
+    for pattern in _REFUSED_PATTERNS:
+        match = re.search(pattern, str(error))
+        if match:
+            return match.group(1)
+    return None
 
 
 def read_shard(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> dict[str, Any]:
@@ -131,7 +147,7 @@ def read_shard(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> di
                 path, map_location="cpu", weights_only=not trust_checkpoint, mmap=zipfile.is_zipfile(path)
             )
     except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as error:
-        refused = _refused_global(str(error))
+        refused = refused_global(error)
         if refused is not None:
             raise CheckpointError(
                 f"{path} holds a pickled {refused}, which safe loading refuses; pass trust_checkpoint=True "
@@ -203,10 +219,42 @@ def _local_state(folder: Path, model_state: Mapping[str, torch.Tensor], trust: b
     return normalize_keys(read_shard(path, trust_checkpoint=trust)["module"]), path
 
 
+POSITION_KEY = "transformer.position_embeddings.weight"  # [max_position_embeddings, hidden_size]
+_LAYER_KEY = re.compile(r"transformer\.layers\.(\d+)\.")
+
+
+def _sizes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The model sizes a state dict shows: layers, hidden size and positions (not the head count)."""
+    layers = {int(match.group(1)) for key in state if (match := _LAYER_KEY.match(key))}
+    sizes = {"--num-layers": max(layers) + 1 if layers else 0}
+    if POSITION_KEY in state and state[POSITION_KEY].dim() == 2:
+        sizes["--max-position-embeddings"], sizes["--hidden-size"] = state[POSITION_KEY].shape
+    return sizes
+
+
+def _check_model_size(
+    state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], path: Path
+) -> None:
+    """Name the size argument that differs, instead of hundreds of missing keys or wrong shapes."""
+    found, expected = _sizes(state), _sizes(model_state)
+    for flag, what in (
+        ("--num-layers", "{} layers"),
+        ("--hidden-size", "hidden size {}"),
+        ("--max-position-embeddings", "{} position embeddings"),
+    ):
+        if flag in found and flag in expected and found[flag] != expected[flag]:
+            raise CheckpointError(
+                f"{path}: the checkpoint has {what.format(found[flag])}, the model {expected[flag]}: "
+                f"pass {flag} {found[flag]}"
+            )
+
+
 def _check_against_model(
     state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], path: Path, strict: bool
 ) -> None:
-    """One clear error for the first missing key, unexpected key (when ``strict``) or wrong shape."""
+    """One clear error: a model size that differs, else the first missing key, unexpected key (when
+    ``strict``) or wrong shape."""
+    _check_model_size(state, model_state, path)
     if strict:
         missing = [key for key in model_state if key not in state]
         unexpected = [key for key in state if key not in model_state]
