@@ -24,7 +24,7 @@ from tqdm import tqdm
 import vqvae
 from common.errors import InputError, MissingInputError
 from data_utils import layouts
-from data_utils.dataset_writers import BinaryWriter, LMDBWriter, binary_row, delete_output
+from data_utils.dataset_writers import BinaryWriter, LMDBWriter, binary_row
 from data_utils.datasets import BINARY_TEXT_LENGTH
 from data_utils.layouts import LAYOUTS, check_codes_per_side, non_text_length
 from data_utils.unified_tokenizer import UnifiedTokenizer
@@ -167,11 +167,14 @@ class Preprocessor:
         return read_captions(config.captions), FolderImages(root)
 
     def _open_writer(self) -> LMDBWriter | BinaryWriter:
-        output = self.config.output
-        if self.config.overwrite:
-            delete_output(output)
+        output, overwrite = self.config.output, self.config.overwrite
+        writer = (
+            BinaryWriter(output, overwrite=overwrite)
+            if self.binary
+            else LMDBWriter(output, overwrite=overwrite)
+        )
+        if overwrite:
             report_path(output).unlink(missing_ok=True)
-        writer = BinaryWriter(output) if self.binary else LMDBWriter(output)
         if writer.state is not None and writer.state["settings"] != self.settings:
             changed = sorted(k for k in self.settings if writer.state["settings"].get(k) != self.settings[k])
             writer.close()

@@ -42,7 +42,11 @@ class RecordingContext(TaskContext):
 def context(tokenizer, side: int) -> RecordingContext:
     sampling = {"temperature": 1.0, "top_k": 0, "top_p": 0.0, "batch_size": 1, "max_inference_batch_size": 12}
     args = SimpleNamespace(
-        max_position_embeddings=4096, max_position_embeddings_finetune=-1, debug=False, **sampling
+        max_position_embeddings=4096,
+        max_position_embeddings_finetune=-1,
+        debug=False,
+        make_vocab_size_divisible_by=128,
+        **sampling,
     )
     return RecordingContext(None, tokenizer, args, image_size=side * FACTOR)
 
@@ -99,7 +103,7 @@ def test_image2text_query_and_post_selection_rows_are_the_training_row(
     monkeypatch.setattr(
         generation.tasks.post_selection,
         "inverse_prompt_score",
-        lambda model, rows, tokenizer: scored.extend(rows) or torch.zeros(len(rows)),
+        lambda model, rows, tokenizer, multiple: scored.extend(rows) or torch.zeros(len(rows)),
     )
     TASKS["post-selection"].run(ctx, [caption, str(path), str(path)])
     assert scored == [row, row]
