@@ -9,6 +9,8 @@ import os
 import subprocess
 from dataclasses import dataclass
 
+import torch.distributed as dist
+
 from common.errors import InputError
 
 MPI_MASTER_PORT = "29500"
@@ -92,3 +94,9 @@ def _from_mpi() -> ProcessEnv:
         MASTER_PORT=MPI_MASTER_PORT,
     )
     return ProcessEnv(rank, world_size, local_rank)
+
+
+def print_rank_0(message: str) -> None:
+    """Print on global rank 0 only (on every process before ``torch.distributed`` is initialised)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0:
+        print(message, flush=True)

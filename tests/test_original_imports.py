@@ -32,6 +32,7 @@ ORIGINAL_NAMES = {
     "model": ["GPT2Model", "gpt2_get_params_for_weight_decay_optimization"],
     "data_utils": ["get_tokenizer", "TextCodeTemplate", "make_loaders", "detect_new_datasets"],
     "learning_rates": ["AnnealingLR"],
+    "utils": ["Timers", "save_checkpoint", "load_checkpoint", "print_rank_0"],
 }
 
 
@@ -124,3 +125,25 @@ def test_filling_sequence_takes_the_original_args(tiny_tokenizer):
     from_args = filling_sequence(model, seq, args, tokenizer=tiny_tokenizer)
     from_config = filling_sequence(model, seq, SamplingConfig.of(args), tokenizer=tiny_tokenizer)
     assert from_args.shape == (3, len(seq)) and torch.equal(from_args, from_config)
+
+
+def test_timers_accumulate_and_log(capsys, monkeypatch):
+    from common import timers as timers_module
+    from utils import Timers
+
+    clock = iter([10.0, 10.5, 20.0, 20.25, 30.0, 30.125])
+    monkeypatch.setattr(timers_module.time, "perf_counter", lambda: next(clock))
+    timers = Timers()
+    for _ in range(2):
+        timers("forward").start()
+        timers("forward").stop()
+    timers("backward").start()
+    timers("backward").stop()
+    assert (
+        timers.log(["forward", "backward"], normalizer=0.5)
+        == "time (ms) | forward: 1500.00 | backward: 250.00"
+    )
+    assert capsys.readouterr().out == "time (ms) | forward: 1500.00 | backward: 250.00\n"
+    assert timers("forward").elapsed() == 0.0  # log reset it
+    with pytest.raises(AssertionError, match="not started"):
+        timers("backward").stop()
