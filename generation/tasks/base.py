@@ -58,9 +58,8 @@ class QueryResult:
 class TaskContext:
     """The model, tokenizer and arguments a query runs with, and the helpers every task uses.
 
-    ``args`` supplies the sampling settings (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
-    ``max_inference_batch_size``) and the length limits. ``generator`` makes sampling reproducible;
-    ``progress`` shows a bar over generated tokens.
+    ``args`` supplies the sampling settings, read once into :attr:`sampling`, and the length limits.
+    ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens.
     """
 
     model: GPT2Model
