@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from common.atomic_files import atomic_path, atomic_write_text, numbered_names, write_new
+from common.atomic_files import atomic_write_text, numbered_names, write_atomic, write_new
 from vqvae import to_pil
 
 GRID_COLUMNS = 8
@@ -89,9 +89,7 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     The format follows the suffix of ``path``.
     """
     picture = to_pil(image)
-    with atomic_path(path) as temporary:
-        picture.save(temporary)
-    return path
+    return write_atomic(path, lambda temporary: picture.save(temporary))
 
 
 def save_text(text: str, path: str | os.PathLike) -> Path:
