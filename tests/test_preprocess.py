@@ -38,8 +38,6 @@ PAD, BOI1, BOI2, EOI1, ROI1, ROI2, TINY, SMALL, POS0 = (
     CMD + 15,
     CMD + 18,
 )
-BASE = CMD + 16
-
 
 class Reference:
     """Tokenises samples independently of the tool: SentencePiece directly, VQ-VAE via vqvae.read_img."""
@@ -159,7 +157,8 @@ def test_super_resolution_windows(
         ):
             crop = low[2 * i : 2 * i + 4, 2 * j : 2 * j + 4].reshape(-1).tolist()
             block = high[4 * i : 4 * i + 8, 4 * j : 4 * j + 8].reshape(-1).tolist()
-            expected = [ROI1, *text, BASE, BOI1, *crop, EOI1, ROI2, POS0, BASE, BOI2, *block]
+            # both size tokens name the 8×8 low-resolution grid, as the generation query does
+            expected = [ROI1, *text, TINY, BOI1, *crop, EOI1, ROI2, POS0, TINY, BOI2, *block]
             assert load_row(items[str(9 * image_index + window).encode()]).tolist() == expected
 
 
