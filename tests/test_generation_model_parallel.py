@@ -6,11 +6,16 @@ grows with the model-parallel size (58240 rows at MP=1, 58368 at MP=2), so the s
 extra rows stay out of the softmax. All MP=2 checks share one two-process run.
 """
 
+import io
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+import generate_samples
 import mpu
 from data_utils.unified_tokenizer import UnifiedTokenizer
 from generation import filling_sequence, inverse_prompt_score, magnify
@@ -18,6 +23,7 @@ from model import GPT2Model, load_checkpoint, save_checkpoint
 from model.partition import padded_vocab_size
 from tests.helpers.distributed import run_distributed
 from tests.test_filling import sampling_args, tiny_gpt
+from tests.test_generate_samples import BATCH, cli_args, run_main
 
 POSITIONS = 128
 LOW_SIDE = 8  # magnify: 8×8 low-resolution codes → 16×16
@@ -109,3 +115,70 @@ def test_generation_at_mp2_equals_mp1(checkpoint):
             assert torch.equal(two[key], one[key]), f"{where}: {key} differs at MP=2"
         # Measured: 7.6e-6 apart; 1e-3 apart if the 128 extra padding rows join the softmax.
         torch.testing.assert_close(two["scores"], one["scores"], atol=5e-5, rtol=0, msg=f"{where}: scores")
+
+
+def _main_at_mp2(rank: int, world_size: int, runs: list[tuple[list[str], str | None]]) -> list[int]:
+    statuses = []
+    for argv, typed in runs:
+        if typed is not None:
+            sys.stdin = io.StringIO(typed if rank == 0 else "")  # only rank 0 reads; it shares the queries
+        statuses.append(generate_samples.main([*argv, "--model-parallel-size", "2"]))
+    return statuses
+
+
+@pytest.fixture
+def one_thread():
+    """One thread, as in the workers: the VQ-VAE decoder's sums then run in the same order, bit for bit."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_generate_samples_at_mp2_writes_what_mp1_writes(tiny_cogview, tmp_path, capsys, monkeypatch):
+    """Both ranks run every query (one model split in two); only rank 0 writes, and it writes the same."""
+    images = tmp_path / "images"
+    images.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, (256, 256, 3), dtype=np.uint8)).save(images / f"{name}.png")
+    prompts, select, photos = tmp_path / "prompts.txt", tmp_path / "select.txt", tmp_path / "photos.txt"
+    prompts.write_text("一只猫\n\n一只狗\n", encoding="utf-8")
+    select.write_text(f"猫\t{images / 'a.png'}\t{images / 'b.png'}\n", encoding="utf-8")
+    photos.write_text(f"{images / 'b.png'}\n", encoding="utf-8")
+
+    def runs(out: Path) -> list[tuple[list[str], str | None]]:
+        def run(task: str, source: Path | str, name: str) -> list[str]:
+            options = (
+                "--generation-task",
+                task,
+                "--input-source",
+                str(source),
+                "--output-path",
+                str(out / name),
+            )
+            return cli_args(tiny_cogview, *options)
+
+        return [
+            (run("text2image", prompts, "t2i"), None),
+            (run("post-selection", select, "select"), None),
+            (run("image2text", photos, "captions"), None),
+            (run("text2image", "interactive", "typed"), "一只老虎\n\nstop\n"),
+        ]
+
+    one, two = tmp_path / "one", tmp_path / "two"
+    statuses = []
+    for argv, typed in runs(one):
+        if typed is not None:
+            monkeypatch.setattr(sys, "stdin", io.StringIO(typed))
+        statuses.append(run_main(capsys, argv)[0])
+    assert statuses == [0, 0, 0, 0]
+    assert run_distributed(_main_at_mp2, 2, runs(two)) == [[0, 0, 0, 0]] * 2
+    written = sorted(p.relative_to(one) for p in one.rglob("*") if p.is_file())
+    assert written == sorted(p.relative_to(two) for p in two.rglob("*") if p.is_file())
+    assert {p.parts[0] for p in written} == {"t2i", "select", "captions", "typed"}
+    assert len([p for p in written if p.parts[0] in ("t2i", "typed")]) == 3 * (BATCH + 1)  # no "-1" folders
+    for path in written:
+        assert (two / path).read_bytes() == (one / path).read_bytes(), path
