@@ -2,6 +2,7 @@
 data-parallel checkpoint is written once and loads on every rank. One two-process run serves all tests."""
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -9,7 +10,6 @@ import torch
 
 import mpu
 from model import GPT2Model, load_checkpoint, save_checkpoint
-from model import checkpoint as checkpoint_module
 from model.partition import shard_state_dict
 from tests.helpers.distributed import run_distributed
 
@@ -79,14 +79,14 @@ def _on_rank(rank: int, world_size: int, full_state: dict, folder: Path) -> dict
     results = model_parallel_results(full_state)
     mpu.destroy_model_parallel()
     mpu.initialize_model_parallel(1)  # the same two processes as two data-parallel replicas
-    writes = []
-    write = checkpoint_module._atomic_write
+    writes = []  # every file is renamed into place once written (common.atomic_files)
+    real_replace = os.replace
 
-    def recording_write(path, payload_writer):
-        writes.append(Path(path).name)
-        write(path, payload_writer)
+    def recording_replace(source, target):
+        writes.append(Path(target).name)
+        real_replace(source, target)
 
-    checkpoint_module._atomic_write = recording_write
+    os.replace = recording_replace  # this worker process only
     saved = build(full_state)
     save_checkpoint(saved, folder, 3)
     loaded = new_model()
