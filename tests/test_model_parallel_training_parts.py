@@ -2,7 +2,6 @@
 data-parallel checkpoint is written once and loads on every rank. One two-process run serves all tests."""
 
 import math
-import os
 from pathlib import Path
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 
 import mpu
 from model import GPT2Model, load_checkpoint, save_checkpoint
+from model import checkpoint as checkpoint_module
 from model.partition import shard_state_dict
 from tests.helpers.distributed import run_distributed
 
@@ -79,14 +79,19 @@ def _on_rank(rank: int, world_size: int, full_state: dict, folder: Path) -> dict
     results = model_parallel_results(full_state)
     mpu.destroy_model_parallel()
     mpu.initialize_model_parallel(1)  # the same two processes as two data-parallel replicas
-    writes = []  # every file is renamed into place once written (common.atomic_files)
-    real_replace = os.replace
+    writes = []
+    save_file, write_text = checkpoint_module.atomic_torch_save, checkpoint_module.atomic_write_text
 
-    def recording_replace(source, target):
-        writes.append(Path(target).name)
-        real_replace(source, target)
+    def recording_save(payload, path):
+        writes.append(Path(path).name)
+        return save_file(payload, path)
 
-    os.replace = recording_replace  # this worker process only
+    def recording_write_text(path, text):
+        writes.append(Path(path).name)
+        return write_text(path, text)
+
+    checkpoint_module.atomic_torch_save = recording_save
+    checkpoint_module.atomic_write_text = recording_write_text
     saved = build(full_state)
     save_checkpoint(saved, folder, 3)
     loaded = new_model()
