@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from data_utils.unified_tokenizer import SIZE_TOKENS
-from generation.filling import filling_sequence
+from generation.filling import StepCallback, filling_sequence
 from generation.sampling import Tokenizer
 from model import GPT2Model
 
@@ -39,6 +39,7 @@ def magnify(
     *,
     generator: torch.Generator | None = None,
     progress: bool = False,
+    on_step: StepCallback | None = None,
 ) -> torch.Tensor:
     """Generate the 2n×2n hi-res codes ``[(2n)²]`` of the n×n low-res codes ``tokens_list`` (row-major).
 
@@ -48,7 +49,8 @@ def magnify(
     window's (n/2)² low-res codes, ``[size]`` the size token of an n×n grid (``[BASE]`` for n = 32) and
     ``block`` the window's hi-res codes: those filled by earlier windows are given, the rest generated.
     Windows overlap, so later ones continue what earlier ones drew. Sampling reads ``args.temperature``,
-    ``args.top_k`` and ``args.top_p``.
+    ``args.top_k`` and ``args.top_p``. ``on_step(done, total)`` follows all windows together: every hi-res
+    code is generated exactly once, so ``total`` is (2n)² (see ``filling_sequence`` for its use).
     """
     low = torch.as_tensor(tokens_list, dtype=torch.long).flatten().cpu()
     side = math.isqrt(low.numel())
@@ -74,7 +76,20 @@ def magnify(
         block = high[2 * step * i : 2 * step * i + line, 2 * step * j : 2 * step * j + side]  # a view
         seq = torch.cat([text, crop.flatten(), midfix, block.flatten()])
         filled = filling_sequence(
-            model, seq, one_sample, tokenizer=tokenizer, generator=generator, progress=progress
+            model,
+            seq,
+            one_sample,
+            tokenizer=tokenizer,
+            generator=generator,
+            progress=progress,
+            on_step=_offset_steps(on_step, int((high >= 0).sum()), high.numel()),
         )
         block.copy_(filled[0, -block.numel() :].view_as(block))
     return high.flatten()
+
+
+def _offset_steps(on_step: StepCallback | None, before: int, total: int) -> StepCallback | None:
+    """``on_step`` of one window, reporting the ``before`` codes earlier windows made and the grid's total."""
+    if on_step is None:
+        return None
+    return lambda done, _window_total: on_step(before + done, total)
