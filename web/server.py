@@ -38,7 +38,10 @@ DEFAULT_PORT = 7860
 def web_parser() -> argparse.ArgumentParser:
     """The web server's own options; everything else goes to ``arguments.get_args``."""
     parser = argparse.ArgumentParser(
-        "web_demo", description="Serve CogView on a local page and an HTTP JSON API.", add_help=False
+        "web_demo",
+        description="Serve CogView on a local page and an HTTP JSON API.",
+        add_help=False,
+        allow_abbrev=False,  # --load (a model argument) must not be read as --load-caption
     )
     group = parser.add_argument_group("web demo")
     group.add_argument(
@@ -144,9 +147,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     available = ", ".join(task for task, ready in backend.tasks.items() if ready)
     print(f"web_demo: serving {available} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False))
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    )
     try:
         server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly and passes Ctrl-C on
+        print("web_demo: stopped", file=sys.stderr)
     finally:
         jobs.close()
     return 0

@@ -15,6 +15,14 @@ async function readError(response) {
   }
 }
 
+// Put new cards at the top of the gallery, in their own order.
+function showCards(cards) {
+  const gallery = $("gallery");
+  const top = gallery.firstChild;
+  cards.forEach((card) => gallery.insertBefore(card, top));
+  return cards;
+}
+
 // POST and call onEvent for each JSON line of the streamed answer; throws Error(message) on a refusal.
 async function streamEvents(url, init, onEvent) {
   const response = await fetch(url, init);
@@ -58,7 +66,6 @@ function newCard(title, prompt) {
   const magnify = card.querySelector(".magnify");
   magnify.hidden = true;
   magnify.addEventListener("click", () => superResolution(card));
-  $("gallery").prepend(card);
   return card;
 }
 
@@ -97,7 +104,9 @@ async function generate(submit) {
   };
   if (info.options.post_select) body.post_select = numberOrNull("post-select") ?? 1;
   if (info.options.guidance_scale) body.guidance_scale = numberOrNull("guidance-scale") ?? 1;
-  const cards = Array.from({ length: body.num_images }, (_, i) => newCard(`${prompt} #${i + 1}`, prompt));
+  const cards = showCards(
+    Array.from({ length: body.num_images }, (_, i) => newCard(`${prompt} #${i + 1}`, prompt)),
+  );
   const bar = $("t2i-progress");
   const label = $("t2i-status");
   running = new AbortController();
@@ -132,7 +141,7 @@ async function generate(submit) {
 }
 
 async function superResolution(source) {
-  const card = newCard(`×2: ${source.dataset.prompt}`, source.dataset.prompt);
+  const [card] = showCards([newCard(`×2: ${source.dataset.prompt}`, source.dataset.prompt)]);
   const title = card.querySelector(".card-title");
   const form = new FormData();
   form.append("prompt", source.dataset.prompt);
