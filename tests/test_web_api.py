@@ -277,28 +277,31 @@ def test_bad_uploads(backend, jobs, image_files):
         text = ("image", ("notes.png", b"just some text, not a PNG", "image/png"))
         assert post("/api/image2text", [text]) == (
             415,
-            "image is not an image (PNG, JPEG, WEBP, BMP, GIF are accepted)",
+            "image: the file is not an image (PNG, JPEG, WEBP, BMP, GIF are accepted)",
         )
         tiff = ("image", ("x.tif", png_of(np.zeros((8, 8, 3), np.uint8), "TIFF"), "image/tiff"))
         assert post("/api/image2text", [tiff]) == (
             415,
-            "image is a TIFF image; PNG, JPEG, WEBP, BMP, GIF are accepted",
+            "image: a TIFF image; PNG, JPEG, WEBP, BMP, GIF are accepted",
         )
         noise = np.random.default_rng(0).integers(0, 256, (290, 290, 3), dtype=np.uint8)
         big = ("image", ("big.bmp", png_of(noise, "BMP"), "image/bmp"))
         assert post("/api/image2text", [big]) == (
             413,
-            "image is 0.2 MiB; uploads may be at most 0.190735 MiB",
+            "image: the file is 0.2 MiB; the limit is 0.190735 MiB",
         )
         wide = ("image", ("wide.png", png_of(np.zeros((301, 300, 3), np.uint8)), "image/png"))
         assert post("/api/image2text", [wide]) == (
             413,
-            "image is 300×301 pixels; images may have at most 90,000",
+            "image: 300×301 pixels; the limit is 90,000 pixels",
         )
         truncated = ("image", ("cut.png", image_files[0].read_bytes()[:3000], "image/png"))
         status, message = post("/api/image2text", [truncated])
-        assert status == 415 and message.startswith("Cannot decode image image")
-        assert post("/api/image2text", [("image", ("e.png", b"", "image/png"))]) == (400, "image is empty")
+        assert status == 415 and message.startswith("image: the file cannot be decoded (")
+        assert post("/api/image2text", [("image", ("e.png", b"", "image/png"))]) == (
+            400,
+            "image: the file is empty",
+        )
         assert post("/api/image2text", [], {"image": "/etc/passwd"}) == (
             400,
             "image is missing: send it as a multipart file field",

@@ -50,26 +50,28 @@ def decode_upload(data: bytes, name: str, image_size: int, limits: Limits) -> to
     the last before decoding it, so a small file that would expand to gigabytes is never decoded.
     """
     if not data:
-        raise UploadError(400, f"{name} is empty")
+        raise UploadError(400, f"{name}: the file is empty")
     if len(data) > limits.max_upload_bytes:
         limit = limits.max_upload_bytes / MIB
-        raise UploadError(413, f"{name} is {len(data) / MIB:.1f} MiB; uploads may be at most {limit:g} MiB")
+        raise UploadError(413, f"{name}: the file is {len(data) / MIB:.1f} MiB; the limit is {limit:g} MiB")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise UploadError(413, f"{name} has too many pixels") from None
+        raise UploadError(413, f"{name}: the image has too many pixels") from None
     except (OSError, ValueError, SyntaxError):
-        raise UploadError(415, f"{name} is not an image ({ACCEPTED} are accepted)") from None
+        raise UploadError(415, f"{name}: the file is not an image ({ACCEPTED} are accepted)") from None
     with image:
         if image.format not in ALLOWED_FORMATS:
-            raise UploadError(415, f"{name} is a {image.format} image; {ACCEPTED} are accepted")
+            raise UploadError(415, f"{name}: a {image.format} image; {ACCEPTED} are accepted")
         width, height = image.size
         if width * height > limits.max_image_pixels:
             limit = limits.max_image_pixels
-            raise UploadError(413, f"{name} is {width}×{height} pixels; images may have at most {limit:,}")
+            raise UploadError(413, f"{name}: {width}×{height} pixels; the limit is {limit:,} pixels")
         try:
             return image_to_tensor(image, image_size, name=name)
         except ImageReadError as error:
-            raise UploadError(415, str(error)) from None
+            raise UploadError(
+                415, f"{name}: the file cannot be decoded ({error.__cause__ or error})"
+            ) from None
