@@ -197,7 +197,9 @@ class Backend:
         step = self.args.max_inference_batch_size
         scores: list[float] = []
         for start in range(0, len(rows), step):
-            scores += inverse_prompt_score(model, rows[start : start + step], self.tokenizer).tolist()
+            batch = rows[start : start + step]
+            multiple = self.args.make_vocab_size_divisible_by
+            scores += inverse_prompt_score(model, batch, self.tokenizer, multiple).tolist()
             report.progress(len(scores), len(rows))
         return scores
 
