@@ -323,6 +323,12 @@ def test_bad_uploads(backend, jobs, image_files):
         )
         huge = client.post("/api/image2text", content=b"x" * 10, headers={"content-length": str(10**9)})
         assert huge.status_code == 413 and "larger than the limit" in huge.json()["error"]
+        head = b'--x\r\nContent-Disposition: form-data; name="image"; filename="a.png"\r\n\r\n'
+        chunks = iter([head] + [b"y" * 100_000] * 20)  # no Content-Length: the limit is counted
+        chunked = client.post(
+            "/api/image2text", content=chunks, headers={"content-type": "multipart/form-data; boundary=x"}
+        )
+        assert chunked.status_code == 413 and "larger than the limit" in chunked.json()["error"]
         not_form = client.post("/api/image2text", json={"image": "a.png"})
         assert not_form.status_code == 400 and "image is missing" in not_form.json()["error"]
 
@@ -353,6 +359,38 @@ def test_a_full_queue_answers_429_and_recovers(backend):
         gate.set()
         queue.close()
         loop.close()
+
+
+def test_a_bug_in_a_job_is_a_500_with_one_line_and_the_worker_goes_on(caplog):
+    loop = asyncio.new_event_loop()
+    queue = JobQueue(2)
+    events: list[dict] = []
+
+    def broken(job: Job) -> dict:
+        raise RuntimeError("a programming error")
+
+    try:
+        failing, fine = Job("broken", broken, loop), Job("fine", lambda job: {"ok": True}, loop)
+        queue.submit(failing)
+        queue.submit(fine)
+        for job in (failing, fine):
+            while True:
+                event = loop.run_until_complete(job.next_event())
+                events.append(event)
+                if event["event"] in ("done", "error"):
+                    break
+        assert {"event": "error", "status": 500, "error": "internal error (see the server's log)"} in events
+        assert events[-1] == {"event": "done", "ok": True}
+        assert "a programming error" in caplog.text, "the traceback goes to the server's log"
+        assert queue.status()["failed"] == 1 and queue.status()["completed"] == 1
+    finally:
+        queue.close()
+        loop.close()
+
+
+def test_the_server_binds_to_this_machine_unless_told():
+    assert web_parser().parse_args([]).host == "127.0.0.1"
+    assert web_parser().parse_args(["--host", "0.0.0.0"]).host == "0.0.0.0"
 
 
 def test_a_cancelled_job_stops_at_its_next_step_and_the_worker_goes_on(backend):

@@ -347,14 +347,19 @@ async def collected(request: Request, job: Job) -> Response:
     """Wait for the job, checking that the client is still there; one JSON answer with its images."""
     started = time.perf_counter()
     images: dict[int, str] = {}
+    next_check = started + DISCONNECT_POLL_S
     try:
         while True:
             try:
                 event = await asyncio.wait_for(job.next_event(), DISCONNECT_POLL_S)
             except TimeoutError:
+                event = None
+            if time.perf_counter() >= next_check:  # also while events keep coming
+                next_check = time.perf_counter() + DISCONNECT_POLL_S
                 if await request.is_disconnected():
                     job.cancel()
                     return Response(status_code=499)  # nobody reads it; nginx's "client closed request"
+            if event is None:
                 continue
             if event["event"] == "image":
                 images[event["index"]] = event["png"]
