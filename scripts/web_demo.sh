@@ -11,7 +11,8 @@
 #   otherwise it stops with one line saying what is missing.
 # Web options: --host (default 127.0.0.1; another address exposes the demo to the network), --port
 # (default 7860; 0 picks a free one), --queue-size, --max-images, --max-prompt-chars, --max-upload-mb,
-# --examples FILE. Environment as the other launchers: DEVICE, PRECISION, PRETRAINED_DIR (default
+# --examples FILE (default: the repository's input.txt when there is one, else built-in prompts).
+# Environment as the other launchers: DEVICE, PRECISION, PRETRAINED_DIR (default
 # pretrained/ in the repository). Ctrl-C stops the server.
 user_vqvae="${IMG_TOKENIZER_PATH:-}"
 source "$(dirname "${BASH_SOURCE[0]}")/generation_common.sh"
@@ -26,9 +27,12 @@ for argument in "$@"; do
 done
 [ -n "${CHECKPOINT_PATH:-}" ] && explicit=yes
 
+examples=()
+[ -f "$repo/input.txt" ] && examples=(--examples "$repo/input.txt")  # the shipped example prompts
+
 serve() {
-  PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m web.server --temperature 1.0 --top_k 200 --top_p 0 --max-inference-batch-size 4 \
-    "${device_args[@]}" "$@"
+  PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}" exec "$python" -m web.server --temperature 1.0 --top_k 200 \
+    --top_p 0 --max-inference-batch-size 4 "${examples[@]}" "${device_args[@]}" "$@"
 }
 
 if [ "$explicit" = yes ]; then

@@ -423,3 +423,32 @@ def test_a_cancelled_job_stops_at_its_next_step_and_the_worker_goes_on(backend):
     finally:
         queue.close()
         loop.close()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_the_api_on_cuda_scores_like_the_cpu_and_draws_pngs(tiny_cogview, client, image_files):
+    folder = str(tiny_cogview["checkpoint"])
+    web = web_parser().parse_args(["--load-caption", folder, "--load-sr", folder])
+    argv = [*model_argv(tiny_cogview), "--device", "cuda"]
+    original = unified_tokenizer._TOKENIZER
+    queue = JobQueue(2)
+    try:
+        with TestClient(create_app(load_backend(web, get_args(argv)), queue)) as cuda_client:
+            files = [upload(path, "images") for path in image_files]
+            scores = {
+                name: api.post("/api/post-selection", files=files, data={"caption": "一只猫"}).json()[
+                    "scores"
+                ]
+                for name, api in (("cpu", client), ("cuda", cuda_client))
+            }
+            np.testing.assert_allclose(scores["cuda"], scores["cpu"], atol=1e-3)
+            drawn = cuda_client.post("/api/text2image", json={"prompt": "一只猫", "num_images": 2, "seed": 1})
+            assert [pixels(png).shape for png in drawn.json()["images"]] == [(256, 256, 3)] * 2
+            magnified = cuda_client.post(
+                "/api/super-resolution", files=[upload(image_files[0])], data={"prompt": "猫"}
+            )
+            assert pixels(magnified.json()["images"][0]).shape == (512, 512, 3)
+    finally:
+        queue.close()
+        unified_tokenizer._TOKENIZER = original

@@ -159,6 +159,7 @@ def create_app(
     examples: tuple[str, ...] = EXAMPLE_PROMPTS,
 ) -> FastAPI:
     """The application serving ``backend`` through ``jobs`` within ``limits``."""
+    # no /docs page: FastAPI's interactive docs load their scripts from a CDN; the schema stays available
     app = FastAPI(title="CogView web demo", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.add_middleware(BodyLimit, max_bytes=limits.max_body_bytes)
     pages = {route: ((STATIC / name).read_bytes(), kind) for route, (name, kind) in PAGE_FILES.items()}
