@@ -23,7 +23,10 @@ bundled_args="$pretrained/demo/web_demo.args"
 
 explicit=no
 for argument in "$@"; do
-  case "$argument" in --load | --load=*) explicit=yes ;; esac
+  case "$argument" in
+    --load | --load=*) explicit=yes ;;
+    -h | --help) PYTHONPATH="$repo" exec "$python" -m web.server --help ;;
+  esac
 done
 [ -n "${CHECKPOINT_PATH:-}" ] && explicit=yes
 

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 import time
@@ -120,13 +121,24 @@ def test_without_any_model_the_script_says_what_is_missing(tmp_path):
     assert "--load DIR --img-tokenizer-path FILE" in lines[0]
 
 
-def test_a_missing_checkpoint_is_one_line(tiny_cogview, tmp_path):
-    command = demo_command(tiny_cogview, "--load-sr", str(tmp_path / "nowhere"))
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=120, env={**os.environ, "DEVICE": "cpu"}
-    )
-    assert result.returncode == 2 and "Traceback" not in result.stderr
-    assert result.stderr.strip().splitlines()[-1].startswith("web_demo: --load-sr: ")
+def test_a_missing_checkpoint_or_a_busy_port_is_one_line(tiny_cogview, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        for extra, message in [
+            (("--load-sr", str(tmp_path / "nowhere")), "web_demo: --load-sr: "),
+            (("--port", str(port)), f"web_demo: cannot listen on 127.0.0.1:{port}: Address already in use"),
+        ]:
+            result = subprocess.run(
+                demo_command(tiny_cogview, *extra),
+                capture_output=True,
+                text=True,
+                timeout=120,
+                env={**os.environ, "DEVICE": "cpu"},
+            )
+            assert result.returncode == 2 and "Traceback" not in result.stderr
+            assert result.stderr.strip().splitlines()[-1].startswith(message)
 
 
 def test_one_request_then_a_burst_of_20_clients(server):

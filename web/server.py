@@ -116,8 +116,12 @@ def bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
-    sock.listen(128)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror} (choose another --port)") from None
     return sock
 
 
@@ -130,8 +134,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "--queue-size, --max-images, --max-prompt-chars, --max-upload-mb must be positive"
             )
         examples = load_examples(web.examples)
+        sock = bind(web.host, web.port)  # before the (slow) model load: a busy port fails at once
         backend = load_backend(web, args)
-        sock = bind(web.host, web.port)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"web_demo: {error}", file=sys.stderr)
         return 2
