@@ -48,8 +48,8 @@ class Sampling:
     demo models; :attr:`Backend.options` says whether this backend has them (1 means off for both).
     """
 
-    temperature: float = 1.0
-    top_k: int = 200
+    temperature: float
+    top_k: int
     seed: int | None = None
     post_select: int = 1
     guidance_scale: float = 1.0
@@ -151,8 +151,8 @@ class Backend:
     def text2image(self, ids: Sequence[int], count: int, sampling: Sampling, report: Reporter) -> None:
         """Sample ``count`` images for the ``text2image_ids``; each is reported as soon as its chunk is done.
 
-        Samples come in forwards of at most ``--max-inference-batch-size``; one generator drawn in order
-        gives the same images as ``generate_samples.py`` with ``--batch-size count`` and ``--seed``.
+        Samples come in forwards of at most ``--max-inference-batch-size``, all drawn from one generator in
+        order, so they are the images of the text2image task at ``--batch-size count`` with the same seed.
         """
         generator = self._generator(sampling)
         chunks = batch_chunks(count, self.args.max_inference_batch_size)
