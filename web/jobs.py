@@ -125,7 +125,8 @@ class JobQueue:
             self.stats.accepted += 1
             waiting = self._queue.qsize()
             self.stats.peak_waiting = max(self.stats.peak_waiting, waiting)
-        job.emit({"event": "queued", "id": job.id, "waiting": waiting})
+            # under the lock: the worker takes the lock before it sends "started"
+            job.emit({"event": "queued", "id": job.id, "waiting": waiting})
 
     def status(self) -> dict[str, Any]:
         """The queue's size, what waits and runs now, and :class:`Stats`."""
