@@ -29,7 +29,7 @@ from starlette.datastructures import FormData, UploadFile
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from data_utils.unified_tokenizer import QueryError
+from common.errors import InputError
 from web.backend import Backend, Sampling
 from web.jobs import Job, JobQueue, QueueFullError
 from web.uploads import Limits, UploadError, decode_upload
@@ -232,7 +232,7 @@ def create_app(
     def checked(check: Callable[[str], list[int]], value: str) -> list[int]:
         try:
             return check(value)
-        except QueryError as error:
+        except InputError as error:
             raise HTTPException(400, str(error)) from None
 
     async def form_of(

@@ -1,10 +1,9 @@
 """The demo's tasks on in-memory inputs: text → images, image → captions, post-selection, super-resolution.
 
-The sequences are the layouts of ``generation.tasks`` (text2image, image2text, post-selection,
-super-resolution), built here from ids rather than through ``UnifiedTokenizer.parse_query``: a client's
-text must never be read as the query language, where ``[Image]path`` opens a file on the server and
-``[SEP]`` is a command. Text is encoded with ``EncodeAsIds`` (text ids only) and images arrive as tensors
-decoded from the upload, so no client-supplied string ever names a file.
+The sequences are the layouts of ``data_utils.layouts``, as in ``generation.tasks``, but a client's text
+never goes through ``UnifiedTokenizer.parse_query``: in the query language ``[Image]path`` opens a file on
+the server and ``[SEP]`` is a command. Text is encoded with ``EncodeAsIds`` (text ids only) and images
+arrive as tensors decoded from the upload, so no client-supplied string ever names a file.
 
 Every method here runs on the worker thread that owns the models (``web.jobs``). Each reports through a
 :class:`Reporter`: ``progress(done, total)`` after every sampling step (it raises to cancel the work) and
@@ -20,14 +19,15 @@ from typing import Protocol
 
 import torch
 
-from data_utils import UnifiedTokenizer
-from data_utils.unified_tokenizer import MASK, SIZE_TOKENS, QueryError
+from common.errors import InputError
+from data_utils import UnifiedTokenizer, layouts
+from data_utils.layouts import MASK
+from data_utils.unified_tokenizer import QueryError
 from generation.filling import batch_chunks, filling_sequence
 from generation.magnify import magnify
 from generation.scoring import inverse_prompt_score
 from generation.tasks.base import code_grid_side
 from generation.tasks.image2text import CAPTION_LENGTH
-from generation.tasks.super_resolution import WINDOW_MIDFIX_LENGTH
 from model import GPT2Model
 from vqvae import to_pil
 
@@ -101,7 +101,7 @@ class Backend:
             "text2image": True,
             "image2text": self.models.caption is not None,
             "post-selection": self.models.caption is not None,
-            "super-resolution": self.models.super_resolution is not None and self.grid_side % 4 == 0,
+            "super-resolution": self.models.super_resolution is not None and self._has_sr_windows(),
         }
 
     @property
@@ -119,30 +119,24 @@ class Backend:
         return ids
 
     def text2image_ids(self, prompt: str) -> list[int]:
-        """``[ROI1] text [size] [BOI1]`` + one −1 per code, checked against the base model's positions."""
-        t = self.tokenizer
-        ids = [t["[ROI1]"], *self.text_ids(prompt), t[SIZE_TOKENS[self.grid_side]], t["[BOI1]"]]
-        ids += [MASK] * self.num_codes
+        """The text2image layout, one −1 per code and no ``[EOI1]``, checked against the positions."""
+        ids = layouts.text2image(
+            self.tokenizer, self.text_ids(prompt), [MASK] * self.num_codes, end_image=False
+        )
         self._check_fits(len(ids), self.models.base, "prompt")
         return ids
-
-    def image_rows(self, codes: torch.Tensor, text_ids: Sequence[int]) -> list[int]:
-        """``[size] [BOI1] codes [EOI1] [ROI1] text``: the caption model's layout of one image."""
-        t = self.tokenizer
-        head = [t[SIZE_TOKENS[self.grid_side]], t["[BOI1]"]]
-        return [*head, *codes.tolist(), t["[EOI1]"], t["[ROI1]"], *text_ids]
 
     def check_caption(self, caption: str) -> list[int]:
         """The text ids of a post-selection caption, checked against the caption model's positions."""
         ids = self.text_ids(caption)
-        self._check_fits(self.num_codes + 4 + len(ids), self._model("caption"), "caption")
+        length = layouts.non_text_length(layouts.IMAGE2TEXT, self.grid_side) + len(ids)
+        self._check_fits(length, self._model("caption"), "caption")
         return ids
 
     def check_super_resolution_prompt(self, prompt: str) -> list[int]:
-        """``[ROI1] text [size] [BOI1]`` for super-resolution, checked against its longest window."""
-        t = self.tokenizer
-        ids = [t["[ROI1]"], *self.text_ids(prompt), t[SIZE_TOKENS[self.grid_side]], t["[BOI1]"]]
-        longest = len(ids) + self.num_codes // 4 + WINDOW_MIDFIX_LENGTH + self.num_codes
+        """The super-resolution prefix ``[ROI1] text [size] [BOI1]``, checked against its longest window."""
+        ids = layouts.super_resolution_prefix(self.tokenizer, self.text_ids(prompt), self.grid_side)
+        longest = len(ids) + self.num_codes // 4 + len(layouts.SR_MIDFIX) + self.num_codes
         self._check_fits(longest, self._model("super_resolution"), "prompt", finetune=True)
         return ids
 
@@ -175,7 +169,7 @@ class Backend:
     def image2text(self, image: torch.Tensor, count: int, sampling: Sampling, report: Reporter) -> list[str]:
         """``count`` captions of a normalised image ``[1, 3, S, S]``, 20 text tokens each (the original's)."""
         model = self._model("caption")
-        ids = self.image_rows(self._encode(image), []) + [MASK] * CAPTION_LENGTH
+        ids = layouts.image2text(self.tokenizer, self._encode(image), [MASK] * CAPTION_LENGTH)
         self._check_fits(len(ids), model, "image")
         filled = filling_sequence(
             model,
@@ -193,7 +187,7 @@ class Backend:
     ) -> list[float]:
         """The score of each image for the caption (log-likelihood of the caption given the image)."""
         model = self._model("caption")
-        rows = [self.image_rows(self._encode(image), caption_ids) for image in images]
+        rows = [layouts.image2text(self.tokenizer, self._encode(image), caption_ids) for image in images]
         step = self.args.max_inference_batch_size
         scores: list[float] = []
         for start in range(0, len(rows), step):
@@ -219,6 +213,13 @@ class Backend:
         report.image(0, png_bytes(self.tokenizer.img_tokenizer.DecodeIds(high)))
 
     # --- helpers -------------------------------------------------------------------------------------
+
+    def _has_sr_windows(self) -> bool:
+        try:
+            layouts.check_super_resolution_side(self.grid_side)
+        except InputError:
+            return False
+        return True
 
     def _model(self, role: str) -> GPT2Model:
         model = getattr(self.models, role)

@@ -19,12 +19,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from data_utils.unified_tokenizer import QueryError
-from vqvae.images import ImageReadError
+from common.errors import InputError
 
 LOG = logging.getLogger("web.jobs")
 PROGRESS_EVERY = 0.01  # send a progress event for every 1% of the work (and the last step)
-INPUT_ERRORS = (QueryError, ImageReadError)  # the client's input is at fault: HTTP 400, its message shown
 
 
 class Cancelled(Exception):
@@ -177,7 +175,7 @@ class JobQueue:
         except Cancelled:
             self._count("cancelled")
             return
-        except INPUT_ERRORS as error:
+        except InputError as error:  # the client's input is at fault: HTTP 400, its message shown
             self._count("failed")
             job.emit({"event": "error", "status": 400, "error": str(error)})
             return
