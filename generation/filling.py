@@ -2,7 +2,7 @@
 
 import argparse
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from tqdm import tqdm
@@ -13,6 +13,7 @@ from generation.sampling import InvalidSlices, SamplingConfig, Tokenizer, sample
 from model import GPT2Model
 
 NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
+StepCallback = Callable[[int, int], None]  # (tokens generated so far, tokens to generate in all)
 
 
 def position_ids(ids: Sequence[int], context_length: int, roi2: int) -> list[int]:
@@ -67,10 +68,13 @@ def filling_sequence(
 
     ``mems`` is kept for the original's signature only: the hidden-state memories it passed are replaced by
     the cache built here, so it must be None. Keyword options: ``tokenizer`` (default
-    ``data_utils.get_tokenizer()``), ``generator`` (a ``torch.Generator`` for reproducible sampling) and
-    ``progress`` (a tqdm bar over generated tokens, off by default). The model should be in eval mode.
+    ``data_utils.get_tokenizer()``), ``generator`` (a ``torch.Generator`` for reproducible sampling),
+    ``progress`` (a tqdm bar over generated tokens, off by default) and ``on_step`` (called after every
+    sampling step with the tokens generated so far and in all, counting every sample; an exception it
+    raises stops the generation there, which is how a server cancels abandoned work). The model should be
+    in eval mode.
     """
-    tokenizer, generator, progress = _options(kwargs)
+    tokenizer, generator, progress, on_step = _options(kwargs)
     args = SamplingConfig.of(args)
     if mems is not None:
         raise ValueError("filling_sequence keeps its own key/value cache; mems must be None.")
@@ -92,10 +96,20 @@ def filling_sequence(
     for token in ids[:context_length]:
         state.update(token)
     num_generated = sum(token < 0 for token in ids)
+    total = num_generated * args.batch_size
     with (
         torch.inference_mode(),
-        tqdm(total=num_generated * args.batch_size, disable=not progress, unit="token") as bar,
+        tqdm(total=total, disable=not progress, unit="token") as bar,
     ):
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            bar.update(count)
+            if on_step is not None:
+                on_step(done, total)
+
         cache = model.new_kv_cache(len(ids))
         first_logits = model.forward_cached(
             seq[None, :context_length],
@@ -120,7 +134,7 @@ def filling_sequence(
                     copy.copy(state),
                     args,
                     generator,
-                    bar,
+                    advance,
                 )
             )
     return torch.cat(samples)
@@ -137,9 +151,12 @@ def _fill_chunk(
     state: InvalidSlices,
     args: SamplingConfig,
     generator: torch.Generator | None,
-    bar: tqdm,
+    advance: Callable[[int], None],
 ) -> torch.Tensor:
-    """Generate one chunk of samples; ``cache`` holds the context, ``logits`` ``[b, allowed]`` follow it."""
+    """Generate one chunk of samples; ``cache`` holds the context, ``logits`` ``[b, allowed]`` follow it.
+
+    ``advance(n)`` is called after each step with the number of tokens it generated.
+    """
     size = logits.size(0)
     tokens = seq.repeat(size, 1)  # [b, L]; negative entries are overwritten as they are sampled
     fed = context_length  # tokens[:, :fed] are in the cache
@@ -161,19 +178,20 @@ def _fill_chunk(
         state.mask_(logits, first_id)
         sampled, _ = sample(logits, args.temperature, args.top_k, args.top_p, generator)
         tokens[:, index] = sampled + first_id
-        bar.update(size)
+        advance(size)
     return tokens
 
 
-def _options(kwargs: dict) -> tuple[Tokenizer, torch.Generator | None, bool]:
+def _options(kwargs: dict) -> tuple[Tokenizer, torch.Generator | None, bool, StepCallback | None]:
     """The keyword options of :func:`filling_sequence`; unknown ones are an error (catches typos)."""
-    unknown = set(kwargs) - {"tokenizer", "generator", "progress"}
+    unknown = set(kwargs) - {"tokenizer", "generator", "progress", "on_step"}
     if unknown:
         raise TypeError(f"filling_sequence got unexpected keyword arguments: {', '.join(sorted(unknown))}.")
     return (
         tokenizer_or_default(kwargs.get("tokenizer")),
         kwargs.get("generator"),
         bool(kwargs.get("progress", False)),
+        kwargs.get("on_step"),
     )
 
 
