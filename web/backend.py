@@ -11,7 +11,7 @@ Every method here runs on the worker thread that owns the models (``web.jobs``).
 """
 
 import argparse
-import copy
+import dataclasses
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -25,6 +25,7 @@ from data_utils.layouts import MASK
 from data_utils.unified_tokenizer import QueryError
 from generation.filling import batch_chunks, filling_sequence
 from generation.magnify import magnify
+from generation.sampling import SamplingConfig
 from generation.scoring import inverse_prompt_score
 from generation.tasks.base import code_grid_side
 from generation.tasks.image2text import CAPTION_LENGTH
@@ -241,11 +242,13 @@ class Backend:
                 "shorten the text"
             )
 
-    def _sampling_args(self, sampling: Sampling, batch_size: int) -> argparse.Namespace:
-        args = copy.copy(self.args)
-        args.batch_size = batch_size
-        args.temperature, args.top_k = sampling.temperature, sampling.top_k
-        return args
+    def _sampling_args(self, sampling: Sampling, batch_size: int) -> SamplingConfig:
+        return dataclasses.replace(
+            SamplingConfig.of(self.args),
+            batch_size=batch_size,
+            temperature=sampling.temperature,
+            top_k=sampling.top_k,
+        )
 
     def _generator(self, sampling: Sampling) -> torch.Generator:
         generator = torch.Generator(device=self.device)
