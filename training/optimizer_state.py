@@ -112,6 +112,15 @@ def apply_to_zero_optimizer(zero_optimizer: Any, model: nn.Module, state: FullOp
     """Write `state` into a DeepSpeed ZeRO-1/2 optimizer; each rank keeps the slices it owns."""
     from deepspeed.utils import safe_set_full_fp32_param, safe_set_full_optimizer_state
 
+    # Adam's state appears at the first step, and the parameters' links into it with it: make both now.
+    base = zero_optimizer.optimizer
+    for flat in zero_optimizer.single_partition_of_fp32_groups:
+        base.state[flat] = {
+            "step": torch.tensor(state.step),
+            **{key: torch.zeros_like(flat) for key in ADAM_KEYS},
+        }
+    zero_optimizer._hp_optimizer_states_linked = False
+    zero_optimizer._lazy_init_hp_params_optimizer_state()
     for name, param in model.named_parameters():
         entry = state.per_param.get(name)
         if entry is None:
@@ -120,8 +129,3 @@ def apply_to_zero_optimizer(zero_optimizer: Any, model: nn.Module, state: FullOp
             safe_set_full_optimizer_state(param, entry[key].float(), key)
         if FP32_KEY in entry:
             safe_set_full_fp32_param(param, entry[FP32_KEY].float())
-    base = zero_optimizer.optimizer
-    for group in base.param_groups:
-        for flat in group["params"]:
-            if flat in base.state:
-                base.state[flat]["step"] = torch.tensor(state.step)
