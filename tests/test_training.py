@@ -12,7 +12,7 @@ import pretrain_gpt2
 from arguments import get_args
 from data_utils import unified_tokenizer
 from model import GPT2Model
-from tests.helpers.training import IMAGE_TOKENS, train_argv, write_dataset, write_ds_config
+from tests.helpers.training import IMAGE_TOKENS, logged, train_argv, write_dataset, write_ds_config
 from training import ds_config
 from training.batch import BatchError, check_token_range, finetune_position_ids
 from training.loss import lm_loss, mask_vocab_padding
@@ -203,3 +203,22 @@ def test_bad_input_is_one_line_and_keeps_what_was_saved(tmp_path, capsys):
     assert main(train_argv(data, "--train-iters", "1", "--save", str(blocked))) == 2
     assert f"cannot write checkpoints to --save {blocked}/run" in _error_line(capsys)
     assert blocked.read_text() == "a file where --save wants a folder"
+
+
+def test_plain_torch_run_with_exit_interval_new_datasets_and_tensorboard(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data.lmdb", count=8)
+    incoming = tmp_path / "incoming"
+    write_dataset(incoming / "more.lmdb", count=8, seed=1)
+    (incoming / "unfinished.lmdb.partial").mkdir()
+    log = tmp_path / "log.jsonl"
+    argv = train_argv(data, "--train-iters", "5", "--exit-interval", "2", "--new-dataset-path", str(incoming),
+                      "--summary-dir", str(tmp_path / "tb"), "--log-file", str(log),
+                      "--save", str(tmp_path / "save"))  # fmt: skip
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert f"new datasets found; training data is now ['{data}', '{incoming / 'more.lmdb'}']" in out
+    assert "exiting the program at iteration 2 (--exit-interval)" in out
+    assert sorted(logged(log)) == [1, 2]
+    (events,) = (tmp_path / "tb" / "runs").glob("run*/events.out.tfevents.*")
+    assert events.stat().st_size > 0
+    assert not list((tmp_path / "save").rglob("latest_checkpointed_iteration.txt"))  # exits as the original

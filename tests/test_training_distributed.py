@@ -267,3 +267,39 @@ def test_data_parallel_zero_resume_on_other_sizes_model_parallel_and_generation(
             folder, tmp_path / f"mp2-{folder.parent.name}", 2, num_tokens=50091, log=lambda _: None
         )
     assert json.loads((tmp_path / "A.jsonl").read_text().splitlines()[0])["iteration"] == 1
+
+
+@pytest.mark.slow
+def test_checkpointing_sparse_bf16_and_the_released_command_line(tmp_path):
+    data = write_dataset(tmp_path / "data.lmdb")
+    zero0 = write_ds_config(tmp_path / "z0.json")
+
+    def run(name, *extra, config=zero0):
+        return train_argv(data, *NO_DROPOUT, "--train-iters", "2", "--eval-iters", "2",
+                          "--save", str(tmp_path / name),
+                          "--log-file", str(tmp_path / f"{name}.jsonl"),
+                          "--deepspeed", "--deepspeed_config", str(config), *extra)  # fmt: skip
+
+    released = ("--experiment-name", "cogview-bird_animal_tutorial-12-1024-16", "--split", "949,50,1",
+                "--distributed-backend", "nccl", "--lr-decay-style", "cosine", "--warmup", ".1",
+                "--checkpoint-activations", "--deepspeed-activation-checkpointing",
+                "--max-memory-length", "0", "--fp16", "--txt-loss-scale", "5",
+                "--resume-dataloader")  # fmt: skip
+    sparse = ("--is-sparse", "1", "--query-window", "19", "--key-window-times", "2", "--num-pivot", "16")
+    run_distributed(_run, 1, [
+        run("dense"),
+        run("bf16", "--bf16"),
+        run("checkpointed", "--checkpoint-activations"),
+        run("deepspeed-checkpointed", "--checkpoint-activations", "--deepspeed-activation-checkpointing"),
+        run("sparse", "--checkpoint-activations", *sparse),
+        run("released", *released, config=Path("scripts/ds_config.json")),
+    ])  # fmt: skip
+    dense = logged(tmp_path / "dense.jsonl")
+    for name in ("checkpointed", "deepspeed-checkpointed"):
+        assert logged(tmp_path / f"{name}.jsonl") == pytest.approx(dense, rel=1e-6), name
+    assert logged(tmp_path / "bf16.jsonl") == pytest.approx(dense, rel=2e-2)
+    assert all(0 < loss < 20 for loss in logged(tmp_path / "sparse.jsonl").values())
+    assert sorted(logged(tmp_path / "released.jsonl")) == [1, 2]
+    released_run = run_folder(tmp_path / "released")
+    assert released_run.name.startswith("cogview-bird_animal_tutorial-12-1024-16")
+    assert (released_run / "latest_checkpointed_iteration.txt").read_text() == "2"

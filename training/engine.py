@@ -110,10 +110,29 @@ def deepspeed_config(args: argparse.Namespace) -> dict[str, Any]:
     return ds_config.adapt_config(config, args, device, mpu.get_data_parallel_world_size())
 
 
+def use_deepspeed_activation_checkpointing(args: argparse.Namespace, config: dict[str, Any]) -> None:
+    """`--deepspeed-activation-checkpointing`: swap mpu's checkpoint and RNG tracker for DeepSpeed's.
+
+    As the original: DeepSpeed's checkpointing is configured from the config's `activation_checkpointing`
+    section, its function and tracker replace mpu's wherever the transformer looks them up, and the
+    model-parallel seed is set again through DeepSpeed so its tracker has the model-parallel stream. The
+    swap lasts for the rest of the process (one training run per process, as the original).
+    """
+    import deepspeed
+
+    deepspeed.checkpointing.configure(mpu, deepspeed_config=config, num_checkpoints=args.num_layers)
+    mpu.checkpoint = mpu.transformer.checkpoint = deepspeed.checkpointing.checkpoint
+    tracker = deepspeed.checkpointing.get_cuda_rng_tracker
+    mpu.get_cuda_rng_tracker = mpu.attention.get_cuda_rng_tracker = tracker
+    deepspeed.checkpointing.model_parallel_cuda_manual_seed(args.seed)
+
+
 def setup_model_and_optimizer(args: argparse.Namespace) -> tuple[nn.Module, Any, AnnealingLR]:
     """``(model, optimizer, lr_scheduler)``: the DeepSpeed engine and its optimizer, or DDP and AdamW."""
     if args.deepspeed:
         config = deepspeed_config(args)  # first: it settles fp16 / bf16 / fp32
+        if args.deepspeed_activation_checkpointing:
+            use_deepspeed_activation_checkpointing(args, config)
         model = get_model(args)
         import deepspeed
 

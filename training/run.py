@@ -25,7 +25,7 @@ from training.distributed import (
 )
 from training.ds_config import DeepSpeedConfigError
 from training.engine import set_vocab_sizes, setup_model_and_optimizer
-from training.loop import Loaders, evaluate_and_print_results, set_data_position, train
+from training.loop import Loaders, cycle, evaluate_and_print_results, set_data_position, train
 from training.timers import Timers
 
 # Errors that mean the user's input (data, checkpoint, configuration) is wrong, not the program.
@@ -89,7 +89,7 @@ def pretrain(args: argparse.Namespace) -> int:
             save_checkpoint(progress.iteration, model, optimizer, lr_scheduler, args, progress)
         if loaders.test is not None:
             evaluate_and_print_results(
-                "the end of training for test data", iter(loaders.test), model, args, timers, recorder
+                "the end of training for test data", cycle(loaders.test), model, args, timers, recorder
             )
     finally:
         recorder.close()
