@@ -12,6 +12,7 @@ import torch
 import torch.distributed as dist
 
 import mpu
+from model.partition import mask_model_parallel_padding
 
 
 @dataclass(frozen=True)
@@ -30,22 +31,6 @@ def token_classes(tokens: torch.Tensor, loss_mask: torch.Tensor, num_image_token
     return txt, img
 
 
-def mask_vocab_padding(logits: torch.Tensor, num_tokens: int | None) -> torch.Tensor:
-    """Vocab-parallel logits ``[..., V/p]`` with the rows at or past `num_tokens` set to -inf.
-
-    The vocabulary is padded to a multiple of 128 × the model-parallel size, so the number of padding
-    rows depends on that size; leaving them in the softmax would make MP=2 and MP=1 losses differ.
-    """
-    if num_tokens is None:
-        return logits
-    per_partition = logits.size(-1)
-    start = mpu.get_model_parallel_rank() * per_partition
-    if start + per_partition <= num_tokens:
-        return logits
-    ids = torch.arange(start, start + per_partition, device=logits.device)
-    return logits.masked_fill(ids >= num_tokens, float("-inf"))
-
-
 def lm_loss(
     logits: torch.Tensor,
     labels: torch.Tensor,
@@ -55,15 +40,23 @@ def lm_loss(
     txt_loss_scale: float,
     num_image_tokens: int,
     num_tokens: int | None = None,
+    vocab_multiple: int = 128,
 ) -> LossParts:
     """The weighted loss of vocab-parallel `logits` ``[b, s, V/p]``; labels, tokens, loss_mask ``[b, s]``.
 
     ``loss = Σ losses·m / Σ m`` with ``m = loss_mask`` times `txt_loss_scale` at text positions. The
     image and text parts are means over their positions (text divided by the scale), each all-reduced
-    over the whole world and divided by its size, as the original logged them.
+    over the whole world and divided by its size, as the original logged them. With `num_tokens`, the
+    vocabulary rows that exist only because of model-parallel padding (`vocab_multiple` × MP size) are
+    left out of the softmax, so the loss does not depend on the model-parallel size; the MP=1 padding
+    rows stay, as in the original.
     """
     txt, img = token_classes(tokens, loss_mask, num_image_tokens)
-    losses = mpu.vocab_parallel_cross_entropy(mask_vocab_padding(logits.float(), num_tokens), labels)
+    logits = logits.float()
+    if num_tokens is not None:
+        first_id = mpu.get_model_parallel_rank() * logits.size(-1)  # this shard's first vocabulary id
+        logits = mask_model_parallel_padding(logits, num_tokens, vocab_multiple, first_id)
+    losses = mpu.vocab_parallel_cross_entropy(logits, labels)
     mask = loss_mask.float().masked_fill(~txt, 0) * txt_loss_scale + loss_mask.float().masked_fill(txt, 0)
     weighted = losses * mask
     loss = weighted.sum() / mask.sum()

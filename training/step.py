@@ -63,6 +63,7 @@ def forward_step(
         txt_loss_scale=args.txt_loss_scale,
         num_image_tokens=_num_image_tokens(args),
         num_tokens=getattr(args, "num_tokens", None),
+        vocab_multiple=args.make_vocab_size_divisible_by,
     )
     return parts.loss, [], parts.img_loss, parts.txt_loss
 
