@@ -223,3 +223,11 @@ def test_plain_torch_run_with_exit_interval_new_datasets_and_tensorboard(tmp_pat
     (events,) = (tmp_path / "tb" / "runs").glob("run*/events.out.tfevents.*")
     assert events.stat().st_size > 0
     assert not list((tmp_path / "save").rglob("latest_checkpointed_iteration.txt"))  # exits as the original
+
+
+def test_fp16_without_deepspeed_is_one_line(tmp_path, capsys):
+    data = write_dataset(tmp_path / "data.lmdb", count=8)
+    assert main(train_argv(data, "--train-iters", "1", "--fp16")) == 2
+    assert _error_line(capsys) == (
+        "error: --fp16 training needs --deepspeed (its loss scaling); without DeepSpeed use --bf16 or fp32"
+    )

@@ -13,5 +13,6 @@
 | `report` | the iteration line, tokens/s, MFU, ETA, tensorboard scalars |
 | `checkpointing` | save and resume (model, optimizer, schedule, RNG, data position) |
 | `optimizer_state` | optimizer state by parameter name (resume on another data-parallel size or ZeRO stage) |
+| `errors` | the error for training arguments that cannot run together |
 | `loop` | the training loop: logging, evaluation, saving, exit interval, new-dataset hot loading |
 """

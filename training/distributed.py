@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 import mpu
+from training.errors import TrainingSetupError
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
 
@@ -36,7 +37,9 @@ def ensure_launcher_env(args: argparse.Namespace) -> None:
     os.environ.setdefault("MASTER_ADDR", DEFAULT_MASTER_ADDR)
     if "MASTER_PORT" not in os.environ:
         if args.world_size > 1:
-            raise ValueError("MASTER_PORT is not set; start several processes with torchrun or deepspeed")
+            raise TrainingSetupError(
+                "MASTER_PORT is not set; start several processes with torchrun or deepspeed"
+            )
         os.environ["MASTER_PORT"] = str(_free_port())
     if args.local_rank is None:
         args.local_rank = int(os.environ["LOCAL_RANK"])

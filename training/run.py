@@ -25,6 +25,7 @@ from training.distributed import (
 )
 from training.ds_config import DeepSpeedConfigError
 from training.engine import set_vocab_sizes, setup_model_and_optimizer
+from training.errors import TrainingSetupError
 from training.loop import Loaders, cycle, evaluate_and_print_results, set_data_position, train
 from training.timers import Timers
 
@@ -36,6 +37,7 @@ INPUT_ERRORS = (
     DatasetNotFoundError,
     DeepSpeedConfigError,
     BatchError,
+    TrainingSetupError,
 )
 
 
