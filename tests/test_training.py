@@ -231,3 +231,18 @@ def test_fp16_without_deepspeed_is_one_line(tmp_path, capsys):
     assert _error_line(capsys) == (
         "error: --fp16 training needs --deepspeed (its loss scaling); without DeepSpeed use --bf16 or fp32"
     )
+
+
+def test_iteration_and_validation_lines_keep_the_original_format():
+    from training.report import iteration_line, model_flops_per_token, validation_line
+
+    line = iteration_line(200, 1000, 1500.0, 4e-4, 10.5, 10.25, 11.0, 1.0, 1234.4, 0.4567)
+    assert line == (
+        " iteration      200/    1000 | elapsed time per iteration (ms): 1500.0 | learning rate 4.000E-04 |"
+        " lm loss 1.050000E+01 | img loss 1.025000E+01 | unscaled txt loss 1.100000E+01 | loss scale 1.0 |"
+        " tokens/s 1234 | MFU 45.7% | ETA 0:20:00 |"
+    )
+    assert validation_line("iteration 5", 30.0) == (
+        " validation loss at iteration 5 | LM loss: 3.000000E+01 | LM PPL: 4.851652E+08"  # exp(min(20, loss))
+    )
+    assert model_flops_per_token(1000, 2, 8, 16) == 6 * 1000 + 12 * 2 * 8 * 16

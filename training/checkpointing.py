@@ -171,7 +171,10 @@ def _own_shard(folder: Path, trust: bool) -> dict[str, Any]:
 
 
 def _same_zero_layout(model: nn.Module, payload: dict[str, Any], folder: Path) -> bool:
-    """Whether DeepSpeed can load the optimizer files itself (same data-parallel size and ZeRO use)."""
+    """Whether DeepSpeed can load the optimizer files itself: it wrote them, at this data-parallel size
+    and ZeRO use."""
+    if "ds_version" not in payload:  # written by the plain-torch path or with --no-save-optim
+        return False
     stage = model.zero_optimization_stage()
     has_zero_files = optimizer_state.zero_file(folder, 0, mpu.get_model_parallel_rank()).is_file()
     if stage == 0:
