@@ -18,6 +18,7 @@ from learning_rates import AnnealingLR
 from model import GPT2Model, gpt2_get_params_for_weight_decay_optimization
 from model.partition import padded_vocab_size
 from training import ds_config
+from training.errors import TrainingSetupError
 
 
 def set_vocab_sizes(args: argparse.Namespace, tokenizer: Any) -> None:
@@ -146,8 +147,8 @@ def setup_model_and_optimizer(args: argparse.Namespace) -> tuple[nn.Module, Any,
         )
     else:
         if args.fp16:
-            raise ValueError(
-                "--fp16 training needs --deepspeed (loss scaling); without it use --bf16 or fp32"
+            raise TrainingSetupError(
+                "--fp16 training needs --deepspeed (its loss scaling); without DeepSpeed use --bf16 or fp32"
             )
         model = get_model(args)
         optimizer = torch.optim.AdamW(get_param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
