@@ -3,6 +3,7 @@ schedule wiring, DeepSpeed config checks, and one clear line for each kind of ba
 
 import json
 import math
+import os
 
 import pytest
 import torch
@@ -15,6 +16,7 @@ from model import GPT2Model
 from tests.helpers.training import IMAGE_TOKENS, logged, train_argv, write_dataset, write_ds_config
 from training import ds_config
 from training.batch import BatchError, check_token_range, finetune_position_ids
+from training.distributed import LAUNCHER_VARIABLES
 from training.loss import lm_loss
 from training.run import main
 
@@ -171,7 +173,9 @@ def test_bad_input_is_one_line_and_keeps_what_was_saved(tmp_path, capsys):
     config = write_ds_config(tmp_path / "ds.json")
     ds = ["--deepspeed", "--deepspeed_config", str(config)]
 
+    launcher = {key: os.environ.get(key) for key in LAUNCHER_VARIABLES}
     assert main(train_argv(tmp_path / "missing.lmdb", "--train-iters", "1")) == 2
+    assert {key: os.environ.get(key) for key in LAUNCHER_VARIABLES} == launcher  # nothing left behind
     assert _error_line(capsys) == f"error: LMDB dataset {tmp_path / 'missing.lmdb'} does not exist."
 
     corrupt = tmp_path / "corrupt.lmdb"

@@ -26,7 +26,10 @@ def _command(data: Path, config: Path, save: Path, log: Path, *extra: str) -> li
 
 
 def _environment() -> dict[str, str]:
-    return {**os.environ, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
+    """A plain single-process start: no launcher variables (the run picks a free port itself)."""
+    launcher = {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"}
+    environment = {key: value for key, value in os.environ.items() if key not in launcher}
+    return {**environment, "DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.slow

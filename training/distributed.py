@@ -7,11 +7,13 @@ serves one process and many.
 """
 
 import argparse
+import contextlib
 import importlib
 import os
 import random
 import socket
 import sys
+from collections.abc import Iterator
 
 import numpy as np
 import torch
@@ -27,6 +29,24 @@ def _free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((DEFAULT_MASTER_ADDR, 0))
         return sock.getsockname()[1]
+
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@contextlib.contextmanager
+def launcher_env_restored() -> Iterator[None]:
+    """Put the launcher variables back as they were afterwards, so a run called from Python (a test, a
+    notebook) leaves no RANK or MASTER_PORT behind for the processes it starts later."""
+    saved = {name: os.environ.get(name) for name in LAUNCHER_VARIABLES}
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 def ensure_launcher_env(args: argparse.Namespace) -> None:

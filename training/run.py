@@ -19,6 +19,7 @@ from training.batch import BatchError
 from training.checkpointing import TrainingProgress, check_save_dir, load_checkpoint, save_checkpoint
 from training.distributed import (
     initialize_distributed,
+    launcher_env_restored,
     set_random_seed,
     shutdown_distributed,
     training_device,
@@ -101,10 +102,11 @@ def pretrain(args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse `argv` (default: the command line), train, and return the exit status (2 on bad input)."""
     args = get_args(argv)
-    try:
-        return pretrain(args)
-    except INPUT_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr, flush=True)
-        return 2
-    finally:
-        shutdown_distributed()
+    with launcher_env_restored():
+        try:
+            return pretrain(args)
+        except INPUT_ERRORS as error:
+            print(f"error: {error}", file=sys.stderr, flush=True)
+            return 2
+        finally:
+            shutdown_distributed()
