@@ -14,12 +14,13 @@ from typing import Any
 import torch
 
 import mpu
+from common.errors import InputError
 from data_utils import get_tokenizer
 
 BATCH_KEYS = ["text", "loss_mask"]
 
 
-class BatchError(ValueError):
+class BatchError(InputError):
     """A training batch that cannot be used (a sample without `[ROI2]`, an id outside the vocabulary)."""
 
 

@@ -25,6 +25,7 @@ import torch.distributed as dist
 from torch import nn
 
 import mpu
+from common.atomic_files import rename_into_place
 from learning_rates import AnnealingLR
 from model.checkpoint import (
     RELEASE,
@@ -149,7 +150,7 @@ def save_checkpoint(
         if _is_rank_0():
             if final.exists():  # an iteration the tracker does not name (an abandoned later run)
                 shutil.rmtree(final)
-            os.replace(save_dir / partial, final)
+            rename_into_place(save_dir / partial, final)
             write_tracker(save_dir, iteration)
         _barrier()
     else:

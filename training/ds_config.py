@@ -17,10 +17,12 @@ from typing import Any
 
 import torch
 
+from common.errors import InputError
+
 ADAM_TYPES = ("adam", "adamw")
 
 
-class DeepSpeedConfigError(ValueError):
+class DeepSpeedConfigError(InputError):
     """A DeepSpeed configuration that cannot be used as it is (the message names the file and key)."""
 
 

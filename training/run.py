@@ -10,12 +10,10 @@ import torch
 import torch.distributed as dist
 
 from arguments import get_args
+from common.errors import InputError
 from data_utils import make_loaders
-from data_utils.datasets import DatasetFormatError, DatasetNotFoundError
 from generation.runtime import build_tokenizer
-from model.checkpoint import CheckpointError, CheckpointNotFoundError
 from training import report
-from training.batch import BatchError
 from training.checkpointing import TrainingProgress, check_save_dir, load_checkpoint, save_checkpoint
 from training.distributed import (
     initialize_distributed,
@@ -24,22 +22,9 @@ from training.distributed import (
     shutdown_distributed,
     training_device,
 )
-from training.ds_config import DeepSpeedConfigError
 from training.engine import set_vocab_sizes, setup_model_and_optimizer
-from training.errors import TrainingSetupError
 from training.loop import Loaders, cycle, evaluate_and_print_results, set_data_position, train
 from training.timers import Timers
-
-# Errors that mean the user's input (data, checkpoint, configuration) is wrong, not the program.
-INPUT_ERRORS = (
-    CheckpointError,
-    CheckpointNotFoundError,
-    DatasetFormatError,
-    DatasetNotFoundError,
-    DeepSpeedConfigError,
-    BatchError,
-    TrainingSetupError,
-)
 
 
 def set_experiment_name(args: argparse.Namespace) -> None:
@@ -105,7 +90,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     with launcher_env_restored():
         try:
             return pretrain(args)
-        except INPUT_ERRORS as error:
+        except InputError as error:  # bad data, checkpoint or configuration: one line, no traceback
             print(f"error: {error}", file=sys.stderr, flush=True)
             return 2
         finally:
