@@ -60,6 +60,11 @@ class Loaders:
         self.train_iterator = cycle(self.train)
         self.valid_iterator = cycle(self.valid)
 
+    def replace(self, train: DataLoader | None, valid: DataLoader | None, test: DataLoader | None) -> None:
+        """Switch to rebuilt loaders (new datasets found); their passes start from the beginning."""
+        self.train, self.valid, self.test = train, valid, test
+        self.__post_init__()
+
 
 def global_batch_size(args: argparse.Namespace, model: nn.Module) -> int:
     """Samples one iteration consumes over all data-parallel ranks and accumulation steps."""
@@ -128,7 +133,7 @@ def train(
             rebuilt = detect_new_datasets(args, tokenizer)
             if rebuilt is not None:
                 recorder.line(f" new datasets found; training data is now {args.train_data}")
-                loaders.__init__(*rebuilt)
+                loaders.replace(*rebuilt)
         lm_loss, skipped, _, img_loss, txt_loss = train_step(
             loaders.train_iterator, model, optimizer, lr_scheduler, args, timers, []
         )

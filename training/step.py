@@ -19,6 +19,7 @@ from torch import nn
 import mpu
 from learning_rates import AnnealingLR
 from training.batch import get_batch
+from training.distributed import print_rank_0
 from training.engine import unwrap
 from training.loss import LossParts, is_finite_loss, lm_loss, token_classes
 from training.timers import timer_or_null
@@ -107,8 +108,6 @@ def train_step(
         loss, mems, img_loss, txt_loss = forward_step(data_iterator, model, args, timers, mems)
         timer_or_null(timers, "forward").stop()
         if not is_finite_loss(LossParts(loss, img_loss, txt_loss)):
-            from training.distributed import print_rank_0
-
             print_rank_0("found NaN or Inf loss: skipping backward and the optimizer step of this iteration")
             if not deepspeed:
                 optimizer.zero_grad(set_to_none=True)
@@ -150,8 +149,12 @@ def _optimizer_step(model: nn.Module, optimizer: Any, lr_scheduler: AnnealingLR,
 
 
 def evaluate(
-    data_iterator: Iterator | None, model: nn.Module, args: argparse.Namespace, timers: Any, verbose=False
-):
+    data_iterator: Iterator | None,
+    model: nn.Module,
+    args: argparse.Namespace,
+    timers: Any,
+    verbose: bool = False,
+) -> float:
     """The mean lm loss over `--eval-iters` batches, dense attention, no dropout, no gradients."""
     eval_args = copy.copy(args)
     eval_args.is_sparse = 0
@@ -161,8 +164,6 @@ def evaluate(
         with torch.no_grad():
             for iteration in range(args.eval_iters):
                 if verbose and iteration % args.log_interval == 0:
-                    from training.distributed import print_rank_0
-
                     print_rank_0(f"Evaluating iter {iteration}/{args.eval_iters}")
                 loss, _, _, _ = forward_step(data_iterator, model, eval_args, timers, [])
                 total += reduce_over_world(loss).cpu()
