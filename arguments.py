@@ -8,6 +8,7 @@ parse. Additions and changes say "(added)" or "(changed)" in their help.
 
 import argparse
 import json
+import sys
 from collections.abc import Sequence
 
 import torch
@@ -28,12 +29,18 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.batch_size_given = _given(sys.argv[1:] if argv is None else argv, "--batch-size")
     _check_sparse(parser, args)
     _resolve_device(parser, args)
     _resolve_distributed(parser, args)
     _resolve_precision(args)
     _apply_deepspeed_config(parser, args)
     return args
+
+
+def _given(argv: Sequence[str], flag: str) -> bool:
+    """Whether `flag` appears on the command line (as `flag VALUE` or `flag=VALUE`)."""
+    return any(item == flag or item.startswith(flag + "=") for item in argv)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -168,6 +175,12 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--clip-grad", type=float, default=1.0, help="gradient clipping (non-DeepSpeed path)")
     group.add_argument("--train-iters", type=int, default=1000000, help="total training iterations")
     group.add_argument("--log-interval", type=int, default=50, help="iterations between log lines")
+    group.add_argument(
+        "--log-file",
+        type=str,
+        default=None,
+        help="(added) append each logged iteration's values (exact losses, lr, tokens/s) as a JSON line here",
+    )
     group.add_argument("--exit-interval", type=int, default=None, help="exit after this many iterations")
     group.add_argument(
         "--summary-dir",
@@ -437,7 +450,14 @@ def _apply_deepspeed_config(parser: argparse.ArgumentParser, args: argparse.Name
         parser.error(f"DeepSpeed config file {path} is not valid JSON: {error.msg} at line {error.lineno}")
     if not isinstance(config, dict):
         parser.error(f"DeepSpeed config file {path} must hold a JSON object")
-    args.batch_size = config.get("train_micro_batch_size_per_gpu", args.batch_size)
+    micro_batch = config.get("train_micro_batch_size_per_gpu", args.batch_size)
+    if args.batch_size_given and micro_batch != args.batch_size:
+        parser.error(
+            f"--batch-size {args.batch_size} contradicts train_micro_batch_size_per_gpu {micro_batch} in "
+            f"DeepSpeed config {path}; change one of them (the config's value is used when --batch-size is "
+            "not given)"
+        )
+    args.batch_size = micro_batch
     args.gradient_accumulation_steps = config.get("gradient_accumulation_steps")
     params = config.get("optimizer", {}).get("params", {})
     args.lr = params.get("lr", args.lr)

@@ -154,7 +154,9 @@ def make_data_loader(
     """Sequential loader over `dataset` in global batches of `batch_size`; this rank takes its slice.
 
     `rank` / `world_size` default to mpu's data-parallel rank and size (0 and 1 without model parallelism).
-    The last partial batch is dropped when there is more than one rank, as in the original.
+    The last partial batch is dropped when there is more than one rank, as in the original. The loader
+    draws its worker seeds from its own generator, not the global one, so starting a pass does not move
+    the training RNG (a resumed run draws the same dropout masks as an uninterrupted one).
     """
     rank = mpu.get_data_parallel_rank() if rank is None else rank
     world_size = mpu.get_data_parallel_world_size() if world_size is None else world_size
@@ -171,6 +173,7 @@ def make_data_loader(
         batch_sampler=batch_sampler,
         num_workers=args.num_workers,
         pin_memory=torch.cuda.is_available(),
+        generator=torch.Generator().manual_seed(getattr(args, "seed", 0)),
     )
 
 

@@ -57,6 +57,9 @@ _LAYOUT_FREE_ENTRIES = (
     "global_steps",
     "global_samples",
     "skipped_steps",
+    "skipped_iters",
+    "consumed_train_samples",
+    "consumed_valid_samples",
 )
 
 

@@ -425,7 +425,8 @@ def test_deepspeed_config_overrides(tmp_path):
         "optimizer": {"type": "Adam", "params": {"lr": 0.0004, "weight_decay": 0.04}},
     }
     path = write_json(tmp_path / "ds_config.json", config)
-    args = get_args(["--deepspeed", "--deepspeed_config", path, "--batch-size", "2", "--lr", "1"])
+    # An explicit --batch-size that differs is refused (tests/test_training.py); --lr is overridden.
+    args = get_args(["--deepspeed", "--deepspeed_config", path, "--lr", "1"])
     assert (args.batch_size, args.gradient_accumulation_steps, args.lr, args.weight_decay) == (
         12,
         3,
