@@ -1,0 +1,83 @@
+"""Reading a demo image's scene back from its pixels: background, foreground colour and silhouette mask.
+
+The background is the palette colour most of the frame's pixels are nearest to (the frame is the outer
+4/64 of the side: pure background in every composite). The foreground is the palette colour, other than
+the background, most of the inner pixels are nearest to; with too few such pixels there is no foreground.
+The silhouette mask marks the pixels nearer to the foreground's colour than to the background's, and is
+box-resized to the animal classifier's input size. Works on any square size and on decoded, blurred or
+JPEG-compressed images, since every decision snaps to the palette.
+"""
+
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from demo.composition import CANVAS_SIDE, FRAME_WIDTH
+from demo.vocabulary import PALETTE
+
+PALETTE_RGB = np.array([colour.rgb for colour in PALETTE], dtype=np.float32)  # [8, 3]
+CLASSIFIER_SIDE = 32  # masks are compared at 32×32 whatever the image size
+MIN_FOREGROUND_FRACTION = 0.01  # of the inner pixels; the smallest silhouette in animal-mnist covers more
+
+
+@dataclass(frozen=True)
+class ImageReading:
+    """What the pixels say: palette indices of the colours (foreground None if absent) and the mask."""
+
+    background: int
+    foreground: int | None
+    mask: np.ndarray  # [CLASSIFIER_SIDE, CLASSIFIER_SIDE] float32 in [0, 1], 1 = foreground
+
+
+def as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
+    """A PIL image (any mode) or uint8/float [H, W, 3] array in 0..255 → float32 [H, W, 3]."""
+    if isinstance(image, Image.Image):
+        image = np.asarray(image.convert("RGB"))
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] != image.shape[1]:
+        raise ValueError(f"expected a square RGB image [H, H, 3], got shape {list(image.shape)}.")
+    return image.astype(np.float32)
+
+
+def nearest_palette(pixels: np.ndarray) -> np.ndarray:
+    """Palette index nearest (Euclidean RGB) to each pixel of [..., 3] → [...] int64."""
+    # |p - c|² = |p|² - 2 p·c + |c|², and |p|² is the same for every c: one matrix product.
+    scores = pixels @ PALETTE_RGB.T - 0.5 * (PALETTE_RGB**2).sum(-1)  # [..., 8], larger = nearer
+    return scores.argmax(-1)
+
+
+def frame_width(side: int) -> int:
+    """Width of the background-only frame of an image `side` pixels wide (4 px at 64)."""
+    return max(1, side * FRAME_WIDTH // CANVAS_SIDE)
+
+
+def _majority(indices: np.ndarray) -> tuple[int, int]:
+    """The most frequent palette index and its count."""
+    counts = np.bincount(indices.reshape(-1), minlength=len(PALETTE))
+    return int(counts.argmax()), int(counts.max())
+
+
+def resize_mask(mask: np.ndarray, side: int = CLASSIFIER_SIDE) -> np.ndarray:
+    """A boolean or [0, 1] mask [H, H] → float32 [side, side], box-filtered (area average)."""
+    image = Image.fromarray(mask.astype(np.float32), "F")
+    return np.asarray(image.resize((side, side), Image.Resampling.BOX), dtype=np.float32)
+
+
+def read_image(image: Image.Image | np.ndarray) -> ImageReading:
+    """Background, foreground and silhouette mask of a demo image (see the module docstring)."""
+    pixels = as_rgb_array(image)
+    width = frame_width(pixels.shape[0])
+    labels = nearest_palette(pixels)  # [H, H]
+    inner = np.zeros(labels.shape, dtype=bool)
+    inner[width:-width, width:-width] = True
+    background, _ = _majority(labels[~inner])
+    others = labels[inner & (labels != background)]
+    foreground = None
+    if others.size >= MIN_FOREGROUND_FRACTION * inner.sum():
+        foreground, _ = _majority(others)
+    if foreground is None:
+        return ImageReading(background, None, np.zeros((CLASSIFIER_SIDE,) * 2, dtype=np.float32))
+    fg, bg = PALETTE_RGB[foreground], PALETTE_RGB[background]
+    # Nearer to fg than to bg: |p - fg|² < |p - bg|²  ⇔  p·(fg - bg) > (|fg|² - |bg|²) / 2.
+    nearer_fg = pixels @ (fg - bg) > 0.5 * ((fg**2).sum() - (bg**2).sum())
+    return ImageReading(background, foreground, resize_mask(nearer_fg))
