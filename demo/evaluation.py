@@ -1,11 +1,14 @@
 """Reading a demo image's scene back from its pixels: background, foreground colour and silhouette mask.
 
 The background is the palette colour most of the frame's pixels are nearest to (the frame is the outer
-4/64 of the side: pure background in every composite). The foreground is the palette colour, other than
-the background, most of the inner pixels are nearest to; with too few such pixels there is no foreground.
-The silhouette mask marks the pixels nearer to the foreground's colour than to the background's, and is
-box-resized to the animal classifier's input size. Works on any square size and on decoded, blurred or
-JPEG-compressed images, since every decision snaps to the palette.
+4/64 of the side: pure background in every composite). The inner pixels not nearest to the background are
+the foreground's; with too few of them there is no foreground. Its colour is the palette colour that, mixed
+with the background in some proportion, explains those pixels best: a decoder blurs the silhouette's edge
+into blends of the two colours (red on blue gives purplish pixels), which a plain vote over nearest palette
+colours would count against the true foreground. The silhouette mask marks the pixels nearer to the
+foreground's colour than to the background's, box-resized to the animal classifier's input size. Works on
+any square size and on decoded, blurred or JPEG-compressed images, since every decision snaps to the
+palette.
 """
 
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from demo.vocabulary import PALETTE
 PALETTE_RGB = np.array([colour.rgb for colour in PALETTE], dtype=np.float32)  # [8, 3]
 CLASSIFIER_SIDE = 32  # masks are compared at 32×32 whatever the image size
 MIN_FOREGROUND_FRACTION = 0.01  # of the inner pixels; the smallest silhouette in animal-mnist covers more
+MAX_RESIDUAL = 60.0**2  # squared RGB distance: a pixel worse explained than this counts as this (outliers)
 
 
 @dataclass(frozen=True)
@@ -51,10 +55,29 @@ def frame_width(side: int) -> int:
     return max(1, side * FRAME_WIDTH // CANVAS_SIDE)
 
 
-def _majority(indices: np.ndarray) -> tuple[int, int]:
-    """The most frequent palette index and its count."""
-    counts = np.bincount(indices.reshape(-1), minlength=len(PALETTE))
-    return int(counts.argmax()), int(counts.max())
+def _majority(indices: np.ndarray) -> int:
+    """The most frequent palette index."""
+    return int(np.bincount(indices.reshape(-1), minlength=len(PALETTE)).argmax())
+
+
+def blend_foreground(pixels: np.ndarray, background: int) -> int:
+    """The palette colour c ≠ background whose blends with the background fit `pixels` [n, 3] best.
+
+    A pixel's misfit is its squared distance to the segment from the background's RGB to c's (capped at
+    MAX_RESIDUAL); the colour with the least total misfit wins.
+    """
+    base = PALETTE_RGB[background]
+    best, best_misfit = -1, np.inf
+    for colour in range(len(PALETTE)):
+        if colour == background:
+            continue
+        direction = PALETTE_RGB[colour] - base
+        share = np.clip((pixels - base) @ direction / (direction @ direction), 0.0, 1.0)  # [n]
+        residual = ((pixels - base - share[:, None] * direction) ** 2).sum(-1)
+        misfit = np.minimum(residual, MAX_RESIDUAL).sum()
+        if misfit < best_misfit:
+            best, best_misfit = colour, misfit
+    return best
 
 
 def resize_mask(mask: np.ndarray, side: int = CLASSIFIER_SIDE) -> np.ndarray:
@@ -70,13 +93,11 @@ def read_image(image: Image.Image | np.ndarray) -> ImageReading:
     labels = nearest_palette(pixels)  # [H, H]
     inner = np.zeros(labels.shape, dtype=bool)
     inner[width:-width, width:-width] = True
-    background, _ = _majority(labels[~inner])
-    others = labels[inner & (labels != background)]
-    foreground = None
-    if others.size >= MIN_FOREGROUND_FRACTION * inner.sum():
-        foreground, _ = _majority(others)
-    if foreground is None:
+    background = _majority(labels[~inner])
+    others = pixels[inner & (labels != background)]  # [n, 3]
+    if len(others) < MIN_FOREGROUND_FRACTION * inner.sum():
         return ImageReading(background, None, np.zeros((CLASSIFIER_SIDE,) * 2, dtype=np.float32))
+    foreground = blend_foreground(others, background)
     fg, bg = PALETTE_RGB[foreground], PALETTE_RGB[background]
     # Nearer to fg than to bg: |p - fg|² < |p - bg|²  ⇔  p·(fg - bg) > (|fg|² - |bg|²) / 2.
     nearer_fg = pixels @ (fg - bg) > 0.5 * ((fg**2).sum() - (bg**2).sum())

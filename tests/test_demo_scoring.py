@@ -5,7 +5,7 @@ import io
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageFilter
 
 import vqvae
 from data_utils import UnifiedTokenizer
@@ -21,7 +21,7 @@ from demo.classifier import (
 )
 from demo.composition import compose
 from demo.dataset_builder import SplitConfig, write_split
-from demo.evaluation import read_image, resize_mask
+from demo.evaluation import nearest_palette, read_image, resize_mask
 from demo.image_sets import read_pixels
 from demo.round_trip import RoundTrip
 from demo.scoring import score_images, summarize, summary_text
@@ -107,6 +107,12 @@ def test_read_image_finds_exact_colours_at_any_size_and_through_jpeg(splits):
         reading = read_image(variant)
         assert (reading.background, reading.foreground) == (3, 6)
         assert np.abs(reading.mask - clean.mask).mean() < 0.05
+    # A decoder's blur turns the edge of red on blue into purplish blends: still red, not purple.
+    red_on_blue = Image.fromarray(compose(silhouettes.images[20], Scene(1, 0, 2), dx=0, dy=0))
+    blurred = red_on_blue.resize((32, 32), Image.Resampling.BILINEAR).filter(ImageFilter.GaussianBlur(1.5))
+    votes = np.bincount(nearest_palette(np.asarray(blurred, dtype=np.float32)).reshape(-1), minlength=8)
+    assert votes[4] > votes[0]  # more pixels are nearest to purple than to red: a plain vote would fail
+    assert (read_image(blurred).background, read_image(blurred).foreground) == (2, 0)
     blank = read_image(np.full((64, 64, 3), PALETTE[1].rgb, dtype=np.uint8))
     assert (blank.background, blank.foreground, blank.mask.max()) == (1, None, 0.0)
     with pytest.raises(ValueError, match="square RGB image"):
