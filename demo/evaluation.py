@@ -5,8 +5,10 @@ The background is the palette colour most of the frame's pixels are nearest to (
 the foreground's; with too few of them there is no foreground. Its colour is the palette colour that, mixed
 with the background in some proportion, explains those pixels best: a decoder blurs the silhouette's edge
 into blends of the two colours (red on blue gives purplish pixels), which a plain vote over nearest palette
-colours would count against the true foreground. The silhouette mask marks the pixels nearer to the
-foreground's colour than to the background's, box-resized to the animal classifier's input size. Works on
+colours would count against the true foreground. The silhouette mask is each pixel's foreground share
+(0 = background, 1 = foreground, a blurred edge in between), box-resized to the classifier's input size
+and thresholded at one half: a binary mask, so that the classifier judges the shape and not how soft its
+edge is (a 64 px composite reduced to 32 px and a decoder's 32 px output differ mostly there). Works on
 any square size and on decoded, blurred or JPEG-compressed images, since every decision snaps to the
 palette.
 """
@@ -31,7 +33,7 @@ class ImageReading:
 
     background: int
     foreground: int | None
-    mask: np.ndarray  # [CLASSIFIER_SIDE, CLASSIFIER_SIDE] float32 in [0, 1], 1 = foreground
+    mask: np.ndarray  # [CLASSIFIER_SIDE, CLASSIFIER_SIDE] float32, 1 = foreground, 0 = background
 
 
 def as_rgb_array(image: Image.Image | np.ndarray) -> np.ndarray:
@@ -60,6 +62,14 @@ def _majority(indices: np.ndarray) -> int:
     return int(np.bincount(indices.reshape(-1), minlength=len(PALETTE)).argmax())
 
 
+def foreground_share(pixels: np.ndarray, foreground: int, background: int) -> np.ndarray:
+    """How much of each pixel [..., 3] is foreground, in [0, 1]: its position along the segment from the
+    background's RGB to the foreground's (a blend at a blurred edge is partly both)."""
+    base = PALETTE_RGB[background]
+    direction = PALETTE_RGB[foreground] - base
+    return np.clip((pixels - base) @ direction / (direction @ direction), 0.0, 1.0)
+
+
 def blend_foreground(pixels: np.ndarray, background: int) -> int:
     """The palette colour c ≠ background whose blends with the background fit `pixels` [n, 3] best.
 
@@ -72,7 +82,7 @@ def blend_foreground(pixels: np.ndarray, background: int) -> int:
         if colour == background:
             continue
         direction = PALETTE_RGB[colour] - base
-        share = np.clip((pixels - base) @ direction / (direction @ direction), 0.0, 1.0)  # [n]
+        share = foreground_share(pixels, colour, background)  # [n]
         residual = ((pixels - base - share[:, None] * direction) ** 2).sum(-1)
         misfit = np.minimum(residual, MAX_RESIDUAL).sum()
         if misfit < best_misfit:
@@ -98,7 +108,5 @@ def read_image(image: Image.Image | np.ndarray) -> ImageReading:
     if len(others) < MIN_FOREGROUND_FRACTION * inner.sum():
         return ImageReading(background, None, np.zeros((CLASSIFIER_SIDE,) * 2, dtype=np.float32))
     foreground = blend_foreground(others, background)
-    fg, bg = PALETTE_RGB[foreground], PALETTE_RGB[background]
-    # Nearer to fg than to bg: |p - fg|² < |p - bg|²  ⇔  p·(fg - bg) > (|fg|² - |bg|²) / 2.
-    nearer_fg = pixels @ (fg - bg) > 0.5 * ((fg**2).sum() - (bg**2).sum())
-    return ImageReading(background, foreground, resize_mask(nearer_fg))
+    share = resize_mask(foreground_share(pixels, foreground, background))
+    return ImageReading(background, foreground, (share >= 0.5).astype(np.float32))
