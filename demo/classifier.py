@@ -58,7 +58,7 @@ class AnimalClassifier(nn.Module):
 class ClassifierTraining:
     """Options of `train_classifier`."""
 
-    epochs: int = 8
+    epochs: int = 5
     batch_size: int = 128
     lr: float = 2e-3
     max_shift: int = 1  # random translation (pixels at 32×32) applied to each training mask
