@@ -15,16 +15,17 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from common.atomic_files import atomic_torch_save
+from common.errors import InputError, MissingInputError
 from demo.captions import parse_caption
 from demo.evaluation import CLASSIFIER_SIDE, read_image
 from demo.vocabulary import ANIMALS
 from preprocess.sources import Record
-from vqvae.checkpoint import atomic_torch_save
 
 CLASSIFIER_FORMAT = "cogview-demo-animal-classifier-1"
 
 
-class ClassifierFileError(ValueError):
+class ClassifierFileError(InputError):
     """A file that is not a saved demo animal classifier."""
 
 
@@ -145,7 +146,7 @@ def load_classifier(path: str | os.PathLike) -> AnimalClassifier:
     """Read a classifier written by `save_classifier` (eval mode); other files raise ClassifierFileError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Animal classifier {path} does not exist.")
+        raise MissingInputError(f"Animal classifier {path} does not exist.")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
@@ -162,7 +163,7 @@ def load_classifier(path: str | os.PathLike) -> AnimalClassifier:
 
 def labelled_masks(records: list[Record], pixels: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     """Masks [n, 32, 32] (as the scorer reads them) and animal labels [n] of the distinct images of
-    `records`, each labelled by its first caption; a caption outside the templates raises ValueError."""
+    `records`, each labelled by its first caption; a caption outside the templates raises InputError."""
     first: dict[str, Record] = {}
     for record in records:
         first.setdefault(record.image, record)
@@ -170,7 +171,7 @@ def labelled_masks(records: list[Record], pixels: dict[str, np.ndarray]) -> tupl
     for name, record in first.items():
         scene = parse_caption(record.caption)
         if scene is None:
-            raise ValueError(f"{record.origin}: {record.caption!r} is not a demo caption.")
+            raise InputError(f"{record.origin}: {record.caption!r} is not a demo caption.")
         masks.append(read_image(pixels[name]).mask)
         labels.append(scene.animal)
     return np.stack(masks), np.array(labels, dtype=np.int64)

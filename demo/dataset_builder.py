@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import InputError
 from demo.captions import caption
 from demo.composition import MAX_OFFSET, compose
 from demo.silhouettes import SPLITS, Silhouettes, split_indices
@@ -33,7 +34,7 @@ IMAGES_DIR = "images"
 SETTINGS_FILE = "split.json"
 
 
-class SplitExistsError(FileExistsError):
+class SplitExistsError(InputError, FileExistsError):
     """The split folder already exists with other options (it is only ever written whole)."""
 
 
@@ -51,9 +52,9 @@ class SplitConfig:
         if self.split not in SPLITS:
             raise ValueError(f"unknown split {self.split!r}; expected one of {', '.join(SPLITS)}.")
         if self.copies < 1:
-            raise ValueError(f"copies must be at least 1, got {self.copies}.")
+            raise InputError(f"copies must be at least 1, got {self.copies}.")
         if self.per_animal is not None and self.per_animal < 1:
-            raise ValueError(f"per_animal must be at least 1, got {self.per_animal}.")
+            raise InputError(f"per_animal must be at least 1, got {self.per_animal}.")
 
 
 @dataclass(frozen=True)

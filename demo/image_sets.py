@@ -8,10 +8,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from common.errors import InputError
 from preprocess.sources import FolderImages, Record, read_captions
 
 
-class ImageSetError(ValueError):
+class ImageSetError(InputError):
     """An image listed in a captions file that cannot be read."""
 
 
@@ -51,6 +52,10 @@ def read_pixels(
 def _read(source: FolderImages, record: Record) -> np.ndarray:
     try:
         with source.open(record) as image:
-            return np.asarray(image.convert("RGB"))
+            pixels = np.asarray(image.convert("RGB"))
     except (OSError, ValueError, Image.DecompressionBombError) as error:
         raise ImageSetError(f"{record.origin}: cannot read {record.image} ({error}).") from None
+    if pixels.shape[0] != pixels.shape[1]:
+        height, width = pixels.shape[:2]
+        raise ImageSetError(f"{record.origin}: {record.image} is {width}×{height}, not square.")
+    return pixels

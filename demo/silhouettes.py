@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from common.errors import InputError
 from demo.vocabulary import ANIMALS
 
 SPLITS = ("train", "test")
@@ -23,7 +24,7 @@ SILHOUETTE_SIDE = 28
 TEST_EVERY = 10  # sample i is in the test split when i % TEST_EVERY == TEST_EVERY - 1
 
 
-class SilhouetteSourceError(ValueError):
+class SilhouetteSourceError(InputError):
     """The animal-mnist data are missing or not in the expected format."""
 
 

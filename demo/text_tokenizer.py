@@ -11,13 +11,13 @@ in sorted order, one thread.
 import io
 import os
 from collections.abc import Iterable
-from pathlib import Path
 
 import sentencepiece as spm
 
+from common.atomic_files import atomic_write_bytes
+from common.errors import InputError
 from demo.captions import template_literals
 from demo.vocabulary import ANIMALS, PALETTE
-from generation.outputs import write_atomic
 
 WORD_BOUNDARY = "▁"  # SentencePiece's marker of a preceding space
 MAX_VOCAB_SIZE = 1000  # an upper bound only: the corpus yields far fewer pieces
@@ -37,7 +37,7 @@ def train_text_tokenizer(captions: Iterable[str], output: str | os.PathLike) -> 
     """Train on `captions` (duplicates ignored) and write the model to `output` atomically."""
     corpus = sorted(set(captions))
     if not corpus:
-        raise ValueError("no captions to train the text tokenizer on.")
+        raise InputError("no captions to train the text tokenizer on.")
     buffer = io.BytesIO()
     spm.SentencePieceTrainer.train(
         sentence_iterator=iter(corpus),
@@ -50,5 +50,5 @@ def train_text_tokenizer(captions: Iterable[str], output: str | os.PathLike) -> 
         num_threads=1,
         minloglevel=2,
     )
-    write_atomic(output, lambda path: Path(path).write_bytes(buffer.getvalue()))
+    atomic_write_bytes(output, buffer.getvalue())
     return spm.SentencePieceProcessor(model_proto=buffer.getvalue())

@@ -15,8 +15,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from demo.dataset_builder import SplitConfig, SplitExistsError, write_split
-from demo.silhouettes import SPLITS, SilhouetteSourceError, load_silhouettes
+from common.errors import InputError
+from demo.dataset_builder import SplitConfig, write_split
+from demo.silhouettes import SPLITS, load_silhouettes
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             folder = args.output / split
             wrote = write_split(silhouettes, config, folder)
             print(f"{folder}: {'written' if wrote else 'already built with these options'}")
-    except (SilhouetteSourceError, SplitExistsError, ValueError) as error:
+    except InputError as error:
         print(f"build_demo_data: error: {error}", file=sys.stderr)
         return 2
     return 0

@@ -20,16 +20,15 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import vqvae
-from demo.classifier import ClassifierFileError, load_classifier
+from common.atomic_files import atomic_write_text
+from common.errors import InputError
+from common.paths import DEMO_CLASSIFIER_PATH
+from demo.classifier import load_classifier
 from demo.image_sets import ImageSetError, load_records, read_pixels
 from demo.round_trip import RoundTrip
 from demo.scoring import REPORT_HEADER, score_images, summarize, summary_text
-from generation.outputs import write_atomic
-from preprocess.sources import CaptionFileError, Record, read_captions
-from vqvae.checkpoint import VQVAECheckpointError
+from preprocess.sources import Record, read_captions
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CLASSIFIER = REPO_ROOT / "pretrained" / "demo" / "animal_classifier.pt"
 SAMPLE_SUFFIXES = (".jpg", ".jpeg", ".png")
 GRID_NAME = "concat"  # the per-query grid generate_samples.py writes beside the samples
 
@@ -60,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument("--captions", type=Path, help="TSV/JSONL of image<TAB>prompt (paths relative to it)")
     source.add_argument("--prompts", type=Path, help="id<TAB>prompt file of a --with-id generation run")
     parser.add_argument("--samples", type=Path, help="output folder of that run (with --prompts)")
-    parser.add_argument("--classifier", type=Path, default=DEFAULT_CLASSIFIER, help="animal classifier")
+    parser.add_argument("--classifier", type=Path, default=DEMO_CLASSIFIER_PATH, help="animal classifier")
     parser.add_argument("--round-trip", type=Path, metavar="VQVAE", help="encode and decode each image first")
     parser.add_argument(
         "--image-size", type=int, default=32, help="image side the --round-trip tokenizer reads (px)"
@@ -84,13 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.round_trip is not None:
             trip = RoundTrip(vqvae.load_vqvae(args.round_trip, device="cpu"), args.image_size)
         pixels = read_pixels(records, root, transform=trip)
-    except (
-        CaptionFileError,
-        ClassifierFileError,
-        FileNotFoundError,
-        ImageSetError,
-        VQVAECheckpointError,
-    ) as error:
+    except InputError as error:
         print(f"eval_demo: error: {error}", file=sys.stderr)
         return 2
     results = score_images(
@@ -101,9 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.report is not None:
         lines = [REPORT_HEADER, *(result.report_line() for result in results)]
-        write_atomic(
-            args.report, lambda path: Path(path).write_text("\n".join(lines) + "\n", encoding="utf-8")
-        )
+        atomic_write_text(args.report, "\n".join(lines) + "\n")
     if trip is not None:
         print(trip.summary_text())
     print(summary_text(summarize(results)))

@@ -15,9 +15,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import InputError
 from demo.classifier import ClassifierTraining, labelled_masks, predict, save_classifier, train_classifier
-from demo.image_sets import ImageSetError, load_records, read_pixels
-from preprocess.sources import CaptionFileError
+from demo.image_sets import load_records, read_pixels
 
 
 def masks_of(captions: Path) -> tuple:
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         train_masks, train_labels = masks_of(args.train)
         test_masks, test_labels = masks_of(args.test)
-    except (CaptionFileError, FileNotFoundError, ImageSetError, ValueError) as error:
+    except InputError as error:
         print(f"train_demo_classifier: error: {error}", file=sys.stderr)
         return 2
     start = time.monotonic()

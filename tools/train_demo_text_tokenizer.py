@@ -14,8 +14,9 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import InputError
 from demo.text_tokenizer import train_text_tokenizer
-from preprocess.sources import CaptionFileError, read_captions
+from preprocess.sources import read_captions
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         records = read_captions(args.captions)
         model = train_text_tokenizer((record.caption for record in records), args.output)
-    except (CaptionFileError, FileNotFoundError, ValueError) as error:
+    except InputError as error:
         print(f"train_demo_text_tokenizer: error: {error}", file=sys.stderr)
         return 2
     print(f"{args.output}: {model.GetPieceSize()} pieces from {len(records)} captions")
