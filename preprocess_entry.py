@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         help="captions are cut so a row fits (default 1089; 1345 for super-resolution)",
     )
+    output.add_argument(
+        "--caption-end",
+        action="store_true",
+        help="image2text: end each caption with the text tokenizer's </s> (the caption model learns to stop)",
+    )
     output.add_argument("--overwrite", action="store_true", help="replace an existing or partial output")
     tokenizers = parser.add_argument_group("tokenizers")
     tokenizers.add_argument(

@@ -80,7 +80,7 @@ def text2image(
 
 
 def image2text(tokenizer: CommandIds, codes: Sequence[int], text_ids: Sequence[int]) -> list[int]:
-    """``[size] [BOI1] codes [EOI1] [ROI1] T``."""
+    """``[size] [BOI1] codes [EOI1] [ROI1] T`` (T may end with the caption end, see ``caption_end_id``)."""
     codes = _ids(codes)
     side = grid_side(len(codes))
     return [

@@ -47,6 +47,12 @@ class SentencePieceTokenizer:
         """Vocabulary size of the SentencePiece model."""
         return self.sp.GetPieceSize()
 
+    @property
+    def end_id(self) -> int | None:
+        """Raw id of the end-of-text piece (``</s>``), or None if the model has none."""
+        end = self.sp.eos_id()
+        return end if end >= 0 else None
+
     def encode(self, text: str) -> list[int]:
         """Text → raw SentencePiece ids."""
         return self.sp.EncodeAsIds(text)

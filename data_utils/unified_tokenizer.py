@@ -109,6 +109,16 @@ class UnifiedTokenizer:
     def __len__(self) -> int:
         return self.num_tokens
 
+    @property
+    def caption_end_id(self) -> int | None:
+        """Unified id of the text tokenizer's end piece (``</s>``), or None if it has none.
+
+        A caption model trained on rows whose caption ends with it (`preprocess_entry.py --caption-end`)
+        learns where a caption stops; image2text cuts its generated text there.
+        """
+        end = self.txt_tokenizer.end_id
+        return None if end is None else end + self.num_image_tokens
+
     def __getitem__(self, command_token: str) -> int:
         """Id of a command token, e.g. tokenizer['[ROI1]'] → 58199."""
         try:

@@ -57,6 +57,7 @@ class PreprocessConfig:
     num_workers: int = 0
     device: str | int | None = None
     overwrite: bool = False
+    caption_end: bool = False
 
 
 @dataclass
@@ -136,6 +137,9 @@ class Preprocessor:
         self.image_size = config.encode_size * self.tokenizer.img_tokenizer.downsample_factor
         max_seq_len = config.max_seq_len or DEFAULT_MAX_SEQ_LEN[config.layout]
         self.max_text = max_seq_len - non_text_length(config.layout, config.encode_size)
+        self.caption_end = self._caption_end()
+        if self.caption_end is not None:
+            self.max_text -= 1  # the end piece follows the (possibly cut) caption
         if self.binary:
             self.max_text = min(self.max_text, BINARY_TEXT_LENGTH)
         if self.max_text < 1:
@@ -147,10 +151,26 @@ class Preprocessor:
             "layout": config.layout,
             "encode_size": config.encode_size,
             "max_text": self.max_text,
+            "caption_end": self.caption_end is not None,
             "records": _records_digest(self.records),
             "img_tokenizer": _file_digest(Path(config.img_tokenizer_path)),
             "txt_tokenizer": _file_digest(self.tokenizer.txt_tokenizer.path),
         }
+
+    def _caption_end(self) -> int | None:
+        """The unified id appended after each caption (`--caption-end`), or None when not asked for."""
+        config = self.config
+        if not config.caption_end:
+            return None
+        if config.layout != layouts.IMAGE2TEXT:
+            raise InputError(f"--caption-end is for --layout image2text, not {config.layout}.")
+        end = self.tokenizer.caption_end_id
+        if end is None:
+            raise InputError(
+                f"--caption-end: the text tokenizer {self.tokenizer.txt_tokenizer.path} "
+                "has no end piece (</s>)."
+            )
+        return end
 
     def _inputs(self) -> tuple[list[Record], FolderImages | ZipImages]:
         config = self.config
@@ -190,6 +210,8 @@ class Preprocessor:
         text_ids = self.tokenizer(caption)
         truncated = len(text_ids) > self.max_text
         text_ids = text_ids[: self.max_text]
+        if self.caption_end is not None:
+            text_ids = [*text_ids, self.caption_end]
         layout = self.config.layout
         if self.binary:
             return [binary_row(text_ids, codes[0])], truncated

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo models from scratch: data → text and image tokenizers → animal classifier →
-# token datasets (LMDB) → bundle. Resumable: after an interruption (Ctrl-C, kill, power loss) rerun the
-# same command; finished stages are skipped and the VQ-VAE training and preprocessing continue where they
-# stopped. Environment (defaults in brackets; sizes are the bundled models'):
+# token datasets (LMDB) → the GPT (text2image and caption layouts in one model) → bundle. Resumable: after
+# an interruption (Ctrl-C, kill, power loss) rerun the same command; finished stages are skipped and the
+# VQ-VAE training, preprocessing and GPT training continue where they stopped (the GPT from its last
+# checkpoint). Environment (defaults in brackets; sizes are the bundled models'):
 #   DEMO_WORK [data/demo]          data, tokenizers, datasets and logs of the run
 #   DEMO_BUNDLE [pretrained/demo]  where the finished tokenizers and classifier are copied
 #   DEMO_SOURCE                    folder of animal-mnist's data files [the installed animal-mnist,
@@ -12,6 +13,9 @@
 #   DEMO_VQ_CODES [512] DEMO_VQ_STEPS [1600] DEMO_VQ_BATCH [64] DEMO_VQ_LR [1e-3]   image tokenizer
 #   DEMO_VQ_SAVE_INTERVAL [100]    VQ-VAE steps between saves (how much an interruption can lose)
 #   DEMO_CLASSIFIER_EPOCHS [5]
+#   DEMO_GPT_LAYERS [6] DEMO_GPT_HIDDEN [192] DEMO_GPT_HEADS [6] DEMO_GPT_BATCH [32]
+#   DEMO_GPT_ITERS [3500] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [100]   the GPT and its training
+#   DEMO_GPT_EVAL_INTERVAL [500] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
 # The DEMO_* settings of a run are kept in $DEMO_WORK/settings.txt; a rerun with other settings stops
 # (use another DEMO_WORK), so no stage is ever skipped for an output made with different settings.
 set -euo pipefail
@@ -80,20 +84,49 @@ for split in train test; do
     short=$([ "$layout" = text2image ] && echo t2i || echo i2t)  # the loader weights t2i/i2t by name
     lmdb="$work/lmdb/demo_${split}_${short}.lmdb"
     stage "$layout rows of the $split split → $lmdb"
+    caption_end=()  # the caption model learns to end its captions (image2text cuts them there)
+    [ "$layout" = image2text ] && caption_end=(--caption-end)
     [ -d "$lmdb" ] || "$python" preprocess_entry.py --captions "$work/$split/captions.tsv" \
-      --img-tokenizer-path "$vqvae_model" --txt-tokenizer-path "$text_model" \
+      --img-tokenizer-path "$vqvae_model" --txt-tokenizer-path "$text_model" "${caption_end[@]}" \
       --encode-size "$grid" --layout "$layout" --output "$lmdb" --batch-size 64 --num-workers 0 --device cpu
   done
 done
+
+# One GPT learns both layouts: text2image rows (weight 4, by the "t2i" in their name) and caption rows
+# (weight 2, "i2t"). Sequences: 1 + caption + 2 + grid² + 1 tokens (267 for 16×16 codes); 24 positions
+# more leave room for image2text's 20 generated caption positions.
+gpt_layers="${DEMO_GPT_LAYERS:-6}"
+gpt_hidden="${DEMO_GPT_HIDDEN:-192}"
+gpt_heads="${DEMO_GPT_HEADS:-6}"
+gpt_positions=$(( grid * grid + 24 ))
+gpt_architecture=(--num-layers "$gpt_layers" --hidden-size "$gpt_hidden" --num-attention-heads "$gpt_heads"
+  --max-position-embeddings "$gpt_positions")
+gpt_iters="${DEMO_GPT_ITERS:-3500}"
+gpt_save="$work/gpt"
+# pretrain_gpt2.py saves to {--save}/{--experiment-name}{timestamp}; a rerun continues the newest run
+# that has a checkpoint (its tracker file).
+gpt_run="$(ls -d "$gpt_save"/demo_gpt*/latest_checkpointed_iteration.txt 2>/dev/null | sort | tail -n 1 || true)"
+gpt_run="${gpt_run%/latest_checkpointed_iteration.txt}"
+resume=()
+[ -n "$gpt_run" ] && resume=(--load "$gpt_run")
+stage "GPT (${gpt_layers} layers × ${gpt_hidden}, ${gpt_iters} iterations) → $gpt_save ${resume[*]}"
+if [ -z "$gpt_run" ] || [ "$(cat "$gpt_run/latest_checkpointed_iteration.txt")" != "$gpt_iters" ]; then
+  "$python" pretrain_gpt2.py "${gpt_architecture[@]}" "${resume[@]}" --device cpu \
+    --train-data "$work/lmdb/demo_train_t2i.lmdb" "$work/lmdb/demo_train_i2t.lmdb" --split 1000,0,0 \
+    --valid-data "$work/lmdb/demo_test_t2i.lmdb" "$work/lmdb/demo_test_i2t.lmdb" \
+    --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
+    --batch-size "${DEMO_GPT_BATCH:-32}" --train-iters "$gpt_iters" --lr "${DEMO_GPT_LR:-1e-3}" \
+    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --hidden-dropout 0 --attention-dropout 0 \
+    --save "$gpt_save" --experiment-name demo_gpt --save-interval "${DEMO_GPT_SAVE_INTERVAL:-100}" \
+    --eval-interval "${DEMO_GPT_EVAL_INTERVAL:-500}" --eval-iters "${DEMO_GPT_EVAL_ITERS:-10}" \
+    --log-interval 10 --num-workers 1
+  gpt_run="$(ls -d "$gpt_save"/demo_gpt*/latest_checkpointed_iteration.txt | sort | tail -n 1)"
+  gpt_run="${gpt_run%/latest_checkpointed_iteration.txt}"
+fi
 
 stage "bundle → $bundle"
 mkdir -p "$bundle"
 for file in "$text_model" "$vqvae_model" "$classifier"; do
   cp "$file" "$bundle/.$(basename "$file").tmp" && mv "$bundle/.$(basename "$file").tmp" "$bundle/$(basename "$file")"
 done
-
-if [ ! -f "$repo/pretrain_gpt2.py" ]; then
-  stage "stopping after the token datasets: pretrain_gpt2.py (the GPT trainer) is not in this checkout yet"
-  exit 0
-fi
-stage "the GPT stages are not wired in yet; train on $work/lmdb/demo_train_{t2i,i2t}.lmdb with pretrain_gpt2.py"
+"$python" tools/bundle_demo_model.py "$gpt_run" --bundle "$bundle" "${gpt_architecture[@]}" --image-size "$image_size"

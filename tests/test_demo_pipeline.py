@@ -31,6 +31,14 @@ MINIATURE = {
     "DEMO_VQ_STEPS": "6",
     "DEMO_VQ_SAVE_INTERVAL": "2",
     "DEMO_CLASSIFIER_EPOCHS": "1",
+    "DEMO_GPT_LAYERS": "1",
+    "DEMO_GPT_HIDDEN": "16",
+    "DEMO_GPT_HEADS": "2",
+    "DEMO_GPT_BATCH": "4",
+    "DEMO_GPT_ITERS": "3",
+    "DEMO_GPT_SAVE_INTERVAL": "2",
+    "DEMO_GPT_EVAL_INTERVAL": "2",
+    "DEMO_GPT_EVAL_ITERS": "1",
 }
 BUNDLED = ("demo_text.model", "vqvae_demo.pt", "animal_classifier.pt")
 LMDBS = [f"demo_{split}_{short}.lmdb" for split in ("train", "test") for short in ("t2i", "i2t")]
@@ -85,7 +93,26 @@ def test_token_rows_match_an_independent_encoding(finished):
         assert len(codes) == 64 and len(text) in (6, 7)
         roi, size, boi, eoi = (tokenizer[name] for name in ("[ROI1]", "[TINY]", "[BOI1]", "[EOI1]"))
         assert t2i[index].tolist() == [roi, *text, size, boi, *codes, eoi]
-        assert i2t[index].tolist() == [size, boi, *codes, eoi, roi, *text]
+        assert i2t[index].tolist() == [size, boi, *codes, eoi, roi, *text, tokenizer.caption_end_id]
+
+
+def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
+    run = next((finished / "work" / "gpt").glob("demo_gpt*"))
+    assert (run / "latest_checkpointed_iteration.txt").read_text() == "3"
+    trained = torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)
+    model = finished / "bundle" / "cogview-demo"
+    assert (model / "latest_checkpointed_iteration.txt").read_text() == "3"
+    bundled = torch.load(model / "3" / "mp_rank_00_model_states.pt", weights_only=True)
+    assert "optimizer" not in bundled and "torch_rng_state" not in bundled
+    assert bundled["module"].keys() == trained["module"].keys()
+    for key, weight in bundled["module"].items():
+        torch.testing.assert_close(weight, trained["module"][key], rtol=0, atol=0)
+    manifest = (finished / "bundle" / "models.args").read_text()
+    assert (
+        "common: --num-layers 1 --hidden-size 16 --num-attention-heads 2 --max-position-embeddings 88"
+        in manifest
+    )
+    assert "caption: --load cogview-demo" in manifest
 
 
 def test_rerun_does_nothing_and_other_settings_are_refused(finished):

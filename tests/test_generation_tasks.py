@@ -116,6 +116,18 @@ def test_image2text_feeds_the_image_and_decodes_the_text(ctx, real_sp, image_mod
     assert result.line == "\t".join(captions)
 
 
+def test_image2text_cuts_each_caption_at_its_end_piece(ctx, real_sp, photo, monkeypatch):
+    words = [real_sp.EncodeAsIds(word)[-1] for word in ["一只", "猫", "在", "踢"]]
+    end = real_sp.eos_id()
+    first = [*words[:2], end, words[2]] * 5  # ends after two words; the rest is not the caption
+    second = words * 5  # never ends: all 20 ids are the caption
+    sampler = RecordingSampler([[IMAGE_IDS + i for i in first], [IMAGE_IDS + i for i in second]])
+    monkeypatch.setattr(task_base, "filling_sequence", sampler)
+    result = TASKS["image2text"].run(ctx, [str(photo)])
+    captions = [" ".join(real_sp.DecodeIds(ids).split()) for ids in (words[:2], second)]
+    assert result.line == "\t".join(captions)
+
+
 def test_image2text_captions_are_made_only_of_text_ids(ctx, real_sp, photo, monkeypatch):
     sampler = RecordingSampler()  # the real sampler on the random tiny model
     monkeypatch.setattr(task_base, "filling_sequence", sampler)

@@ -17,6 +17,7 @@ import torch
 
 import preprocess_entry
 import vqvae
+from common.errors import InputError
 from data_utils.dataset_writers import LMDBWriter
 from data_utils.datasets import DatasetNotFoundError, get_dataset_by_type, load_row, open_lmdb
 from data_utils.unified_tokenizer import UnifiedTokenizer
@@ -137,6 +138,28 @@ def test_image2text_rows_and_caption_truncation(
             *reference.text(caption)[:5],
         ]
         assert load_row(items[str(key).encode()]).tolist() == expected
+
+
+def test_caption_end_follows_the_cut_caption(
+    shapes, tmp_path: Path, tiny_vqvae_path: Path, reference: Reference
+) -> None:
+    tsv, pairs = shapes
+    out = tmp_path / "i2t_end.lmdb"
+    Preprocessor(
+        config(tsv, out, tiny_vqvae_path, layout="image2text", max_seq_len=4 + 64 + 5, caption_end=True)
+    ).run()
+    end = 64 + reference.sp.eos_id()
+    items = lmdb_items(out)
+    for key, (name, caption) in enumerate(pairs):
+        codes = reference.codes(tsv.parent / name, 64)
+        expected = [TINY, BOI1, *codes, EOI1, ROI1, *reference.text(caption)[:4], end]
+        assert load_row(items[str(key).encode()]).tolist() == expected
+
+
+def test_caption_end_is_refused_for_text2image(shapes, tmp_path: Path, tiny_vqvae_path: Path) -> None:
+    tsv, _ = shapes
+    with pytest.raises(InputError, match="--caption-end is for --layout image2text, not text2image"):
+        Preprocessor(config(tsv, tmp_path / "t2i.lmdb", tiny_vqvae_path, caption_end=True))
 
 
 def test_super_resolution_windows(

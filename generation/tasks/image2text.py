@@ -1,9 +1,11 @@
 """image2text: an image → ``--batch-size`` captions from the caption model.
 
 Query line: ``image path``. Sequence: the image2text layout with 20 text positions to generate,
-``[BASE] [BOI1] [Image]{path} [EOI1] [ROI1] [MASK]*20``. As in the original, exactly 20 text tokens are
-generated (there is no stop token) and command ids are forbidden after ``[EOI1]``. The captions are printed
-and written, TAB-separated, to ``captions.txt`` (line n for input line n); the original only printed them.
+``[BASE] [BOI1] [Image]{path} [EOI1] [ROI1] [MASK]*20``. As in the original, 20 text tokens are generated
+and command ids are forbidden after ``[EOI1]``; the caption is cut at the first text end piece (``</s>``),
+which a caption model trained with `preprocess_entry.py --caption-end` emits where its caption ends (the
+released caption model was trained without it). The captions are printed and written,
+TAB-separated, to ``captions.txt`` (line n for input line n); the original only printed them.
 """
 
 from data_utils import layouts
@@ -18,9 +20,13 @@ def image2text(ctx: TaskContext, fields: list[str]) -> QueryResult:
     (path,) = fields
     ids = layouts.image2text(ctx.tokenizer, ctx.image_codes(path), [MASK] * CAPTION_LENGTH)
     start = len(ids) - CAPTION_LENGTH
+    end = ctx.tokenizer.caption_end_id
     captions = []
     for sample in ctx.fill(ids):
-        segments, _ = ctx.tokenizer.DecodeIds(sample[start:])  # text only: no image to decode
+        text = [int(i) for i in sample[start:]]
+        if end in text:
+            text = text[: text.index(end)]
+        segments, _ = ctx.tokenizer.DecodeIds(text)  # text only: no image to decode
         captions.append(" ".join("".join(segments).split()))  # one line, no TABs
     return QueryResult(line="\t".join(captions), report=[f"{path}: {caption}" for caption in captions])
 
