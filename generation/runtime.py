@@ -2,8 +2,8 @@
 
 Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
 when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the
-``meta`` device and materialised directly in its final dtype and device, so a 4B model never exists
-twice in memory, and its weights come from ``--load`` (there is no random initialisation to waste).
+``meta`` device and materialised tensor by tensor from the memory-mapped checkpoint, in its final dtype
+and device, so a 4B model never exists twice in memory (there is no random initialisation to waste).
 """
 
 import argparse
@@ -19,6 +19,7 @@ import mpu
 from data_utils import UnifiedTokenizer, get_tokenizer
 from model import GPT2Model
 from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
+from model.offload import offload_layers
 from model.partition import padded_vocab_size
 
 RELEASED_CHECKPOINTS = "pretrained/cogview/cogview-{base,sr,caption}/"
@@ -124,6 +125,10 @@ def build_model(
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
     (stored in ``args.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    The weights are converted tensor by tensor from the memory-mapped checkpoint straight into ``dtype``
+    on ``device`` (peak memory: the weights plus one tensor). With ``--offload`` they are loaded into CPU
+    memory and each transformer layer moves to ``device`` only while it runs (see
+    :func:`model.offload.offload_layers`).
     """
     args.vocab_size = padded_vocab_size(
         num_tokens, mpu.get_model_parallel_world_size(), args.make_vocab_size_divisible_by
@@ -146,6 +151,10 @@ def build_model(
             num_pivot=args.num_pivot,
             pb_relax_attention=args.pb_relax_attention,
         )
-    model = model.to(dtype).to_empty(device=device)
-    load_checkpoint(model, args.load, trust_checkpoint=args.trust_checkpoint)
+    model = model.to(dtype)  # still on meta: the dtype the checkpoint's tensors are converted to
+    load_checkpoint(
+        model, args.load, trust_checkpoint=args.trust_checkpoint, device="cpu" if args.offload else device
+    )
+    if args.offload:
+        offload_layers(model, device)
     return model.eval()
