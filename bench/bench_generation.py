@@ -232,7 +232,12 @@ def main(argv: list[str] | None = None) -> None:
         "--batches", type=int, nargs="*", default=[1, 4, 8, 16], help="batch sizes of the table"
     )
     parser.add_argument("--table-tokens", type=int, default=256, help="image tokens per run in the table")
+    parser.add_argument(
+        "--threads", type=int, help="torch threads (default: torch's); 1 is steadier on a shared machine"
+    )
     args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     tokenizer = UnifiedTokenizer(None, "cpu", img_tokenizer_num_tokens=IMAGE_TOKENS)
     vocab = padded_vocab_size(len(tokenizer), 1)
