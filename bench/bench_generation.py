@@ -12,8 +12,8 @@ The floor line is the speed at which merely reading the weights once per step (a
 copy bandwidth) would allow. Then a table over batch sizes 1, 4, 8, 16 (ours, HF and the floor, with
 ``--table-tokens`` image tokens each), and the split of one step of ours at the middle of the image
 (``PROMPT + 512`` cached positions): the linear layers, attention over the cache and sampling, each timed
-alone with the same shapes; the Python and dispatch overhead, timed by running the same step on the meta
-device (no data, no kernels); and the rest (LayerNorms, GeLU, residual adds, cache writes) by difference.
+alone with the same shapes, and the rest (Python and dispatch, LayerNorms, GeLU, residual adds, cache
+writes) by difference.
 Run: ``.venv/bin/python bench/bench_generation.py``.
 """
 
@@ -41,10 +41,9 @@ LAYERS, HIDDEN, HEADS = 12, 768, 12
 IMAGE_TOKENS = 8192
 
 
-def build_model(vocab: int, positions: int, device: str = "cpu") -> GPT2Model:
+def build_model(vocab: int, positions: int) -> GPT2Model:
     torch.manual_seed(0)
-    with torch.device(device):
-        return GPT2Model(LAYERS, vocab, HIDDEN, HEADS, 0.0, 0.0, 0.0, positions, 2048, False).eval()
+    return GPT2Model(LAYERS, vocab, HIDDEN, HEADS, 0.0, 0.0, 0.0, positions, 2048, False).eval()
 
 
 def prompt_ids(tokenizer: UnifiedTokenizer, prompt_length: int) -> list[int]:
@@ -146,22 +145,20 @@ def _median_seconds(run, repeats: int = 5) -> float:
 
 def _decoding_step(model: GPT2Model, tokenizer, batch: int, length: int, top_k: int):
     """One step of ours after ``length`` cached positions, as ``filling_sequence`` runs it (repeatable)."""
-    device = model.word_embeddings.weight.device
     cache = model.new_kv_cache(length + 1)
-    ids = torch.zeros(1, length, dtype=torch.long, device=device)
-    model.forward_cached(ids, torch.arange(length, device=device)[None], cache, last_only=True)
+    ids = torch.zeros(1, length, dtype=torch.long)
+    model.forward_cached(ids, torch.arange(length)[None], cache, last_only=True)
     cache.expand_batch(batch)
     state = InvalidSlices(tokenizer)
     state.update(tokenizer["[BOI1]"])
-    token = torch.zeros(batch, 1, dtype=torch.long, device=device)
-    position = torch.full((batch, 1), length, device=device)
+    token = torch.zeros(batch, 1, dtype=torch.long)
+    position = torch.full((batch, 1), length)
 
     def step() -> None:
         for layer in cache.layers:
             layer.length = length
         logits = model.forward_cached(token, position, cache, last_only=True, vocab_range=state.allowed)
-        if device.type != "meta":
-            sample(state.mask_(logits[:, -1].float(), state.allowed[0]), 1.0, top_k)
+        sample(state.mask_(logits[:, -1].float(), state.allowed[0]), 1.0, top_k)
 
     return step
 
@@ -170,8 +167,6 @@ def _decoding_step(model: GPT2Model, tokenizer, batch: int, length: int, top_k: 
 def step_split(model: GPT2Model, tokenizer, batch: int, length: int, top_k: int) -> dict[str, float]:
     """Seconds of one step of ours, and of its parts (see the module docstring)."""
     total = _median_seconds(_decoding_step(model, tokenizer, batch, length, top_k))
-    meta_model = build_model(model.word_embeddings.weight.size(0), length + 1, device="meta")
-    python = _median_seconds(_decoding_step(meta_model, tokenizer, batch, length, top_k))
     hidden = torch.randn(batch, 1, HIDDEN)
     wide = torch.randn(batch, 1, 4 * HIDDEN)
     image_rows = model.word_embeddings.weight[:IMAGE_TOKENS]
@@ -200,8 +195,8 @@ def step_split(model: GPT2Model, tokenizer, batch: int, length: int, top_k: int)
         "linear layers": _median_seconds(linears),
         "attention over the cache": _median_seconds(attention),
     }
-    parts |= {"sampling (top-k, softmax, draw)": sampling, "Python and dispatch (meta run)": python}
-    parts["rest: LayerNorms, GeLU, adds, cache writes"] = total - sum(parts.values())
+    parts["sampling (top-k, softmax, draw)"] = sampling
+    parts["rest: Python, LayerNorms, GeLU, adds, cache writes"] = total - sum(parts.values())
     return {"step": total, **parts}
 
 
