@@ -1,4 +1,4 @@
-"""Token datasets on disk (reference §7.1, §7.2) and the padding / loss mask every training sample gets.
+"""Token datasets on disk (LMDB and compact binary) and the padding / loss mask every training sample gets.
 
 Formats, unchanged from the original so existing data loads as is:
   * LMDB (`TokenizedDataset`, `TextCodeDataset`): key `length` = number of samples as decimal ASCII, key
@@ -23,9 +23,10 @@ import lmdb
 import numpy as np
 from torch.utils.data import Dataset
 
+from common.errors import InputError, MissingInputError
 from data_utils.lmdb_file import LMDBFileError, check_lmdb_file
 from data_utils.templates import TextCodeTemplate
-from data_utils.unified_tokenizer import UnifiedTokenizer, get_tokenizer
+from data_utils.unified_tokenizer import UnifiedTokenizer, tokenizer_or_default
 
 DATASET_TYPES = ("TokenizedDataset", "TextCodeDataset", "CompactBinaryDataset")
 BINARY_TEXT_LENGTH = 64  # text slots of a compact binary row
@@ -34,11 +35,11 @@ LENGTH_KEY = b"length"
 Sample = dict[str, np.ndarray]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingInputError):
     """A dataset path that does not exist."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """A dataset file that is not (or not entirely) in the expected format."""
 
 
@@ -228,7 +229,7 @@ class RowProcessor:
 
     def __init__(self, dataset_type: str, length: int, tokenizer: UnifiedTokenizer):
         if dataset_type not in DATASET_TYPES:
-            raise ValueError(
+            raise InputError(
                 f"Unknown dataset type {dataset_type!r}; choose one of {', '.join(DATASET_TYPES)}."
             )
         self.dataset_type = dataset_type
@@ -264,7 +265,7 @@ def get_dataset_by_type(
     `args` supplies `max_position_embeddings`, `finetune` and `max_position_embeddings_finetune`; the
     tokenizer defaults to `get_tokenizer(args)`.
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer(args)
+    tokenizer = tokenizer_or_default(tokenizer, args)
     process_fn = RowProcessor(dataset_type, sequence_length(args), tokenizer)
     if dataset_type == "CompactBinaryDataset":
         return BinaryDataset(path, process_fn)

@@ -8,8 +8,8 @@ import torch
 from tqdm import tqdm
 
 import mpu
-from data_utils import get_tokenizer
-from generation.sampling import InvalidSlices, Tokenizer, sample
+from data_utils.unified_tokenizer import tokenizer_or_default
+from generation.sampling import InvalidSlices, SamplingConfig, Tokenizer, sample
 from model import GPT2Model
 
 NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
@@ -18,7 +18,7 @@ NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
 def position_ids(ids: Sequence[int], context_length: int, roi2: int) -> list[int]:
     """Position of every token of ``ids``: ``i``, or ``i - offset`` after the last ``[ROI2]`` of the context.
 
-    This is the original inference layout (§8.3): ``[ROI2]`` keeps its absolute index and the tokens after
+    This is the original inference layout: ``[ROI2]`` keeps its absolute index and the tokens after
     it restart at 1, 2, 3, … (training gave ``[ROI2]`` itself position 0; the mismatch is kept because the
     released super-resolution weights were used this way). A ``[ROI2]`` after ``context_length`` does not
     move the offset, as in the original.
@@ -44,7 +44,7 @@ def batch_chunks(batch_size: int, max_inference_batch_size: int) -> list[int]:
 def filling_sequence(
     model: GPT2Model,
     seq: torch.Tensor | Sequence[int],
-    args: argparse.Namespace,
+    args: SamplingConfig | argparse.Namespace,
     mems: None = None,
     invalid_slices: Iterable[slice] = (),
     **kwargs,
@@ -56,9 +56,10 @@ def filling_sequence(
     goes through the model once (batch 1, shared by all samples); then each generated position costs one
     forward over the tokens not yet fed (the sampled one, plus any given tokens just before it), all on a
     key/value cache. Positions follow :func:`position_ids`; the allowed ids follow :class:`InvalidSlices`,
-    plus the ``invalid_slices`` given here (ignored by the original). Sampling reads ``args.temperature``,
-    ``args.top_k`` and ``args.top_p``; the samples are produced in forwards of at most
-    ``args.max_inference_batch_size`` (see :func:`batch_chunks`).
+    plus the ``invalid_slices`` given here (ignored by the original). ``args`` is a :class:`SamplingConfig`
+    or, as in the original, the argparse namespace it is read from: sampling uses ``temperature``,
+    ``top_k`` and ``top_p``, and the samples are produced in forwards of at most
+    ``max_inference_batch_size`` (see :func:`batch_chunks`).
 
     Given tokens after generated ones are appended to *every* sample. The original first collapsed the
     batch to its single most likely sample there (``shrink_beams``, a leftover of a removed beam search),
@@ -70,6 +71,7 @@ def filling_sequence(
     ``progress`` (a tqdm bar over generated tokens, off by default). The model should be in eval mode.
     """
     tokenizer, generator, progress = _options(kwargs)
+    args = SamplingConfig.of(args)
     if mems is not None:
         raise ValueError("filling_sequence keeps its own key/value cache; mems must be None.")
     device = model.word_embeddings.weight.device
@@ -133,7 +135,7 @@ def _fill_chunk(
     cache: mpu.KVCache,
     logits: torch.Tensor,
     state: InvalidSlices,
-    args: argparse.Namespace,
+    args: SamplingConfig,
     generator: torch.Generator | None,
     bar: tqdm,
 ) -> torch.Tensor:
@@ -168,9 +170,8 @@ def _options(kwargs: dict) -> tuple[Tokenizer, torch.Generator | None, bool]:
     unknown = set(kwargs) - {"tokenizer", "generator", "progress"}
     if unknown:
         raise TypeError(f"filling_sequence got unexpected keyword arguments: {', '.join(sorted(unknown))}.")
-    tokenizer = kwargs.get("tokenizer")
     return (
-        tokenizer if tokenizer is not None else get_tokenizer(),
+        tokenizer_or_default(kwargs.get("tokenizer")),
         kwargs.get("generator"),
         bool(kwargs.get("progress", False)),
     )

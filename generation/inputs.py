@@ -1,4 +1,4 @@
-"""Where generation queries come from: a file (split over processes) or the interactive prompt (§8.5).
+"""Where generation queries come from: a file (split over processes) or the interactive prompt.
 
 A query is one line of TAB-separated fields, e.g. ``text`` for text2image or ``text<TAB>img1<TAB>img2``
 for post-selection; with ``--with-id`` the first field is an id naming the query's output folder.
@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from common.errors import InputError
 from data_utils.unified_tokenizer import QueryError
 
 PROMPT = "Please Input Query (stop to exit) >>> "
 STOP = "stop"
 
 
-class InputFileError(ValueError):
+class InputFileError(InputError):
     """The query file cannot be read (missing, a folder, or not UTF-8 text)."""
 
 

@@ -1,4 +1,4 @@
-"""Process set-up for generation (§8.1): device, dtype, process groups, seeds, tokenizer, model, weights.
+"""Process set-up for generation: device, dtype, process groups, seeds, tokenizer, model, weights.
 
 Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
 when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the
@@ -16,18 +16,19 @@ import torch
 import torch.distributed as dist
 
 import mpu
+from common.devices import process_device
+from common.errors import MissingInputError
+from common.paths import RELEASED_CHECKPOINTS_HINT, RELEASED_VQVAE_HINT
 from data_utils import UnifiedTokenizer, get_tokenizer
-from model import GPT2Model
+from model import GPT2Config, GPT2Model
 from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
 from model.offload import offload_layers
 from model.partition import padded_vocab_size
 
-RELEASED_CHECKPOINTS = "pretrained/cogview/cogview-{base,sr,caption}/"
-RELEASED_VQVAE = "pretrained/vqvae/vqvae_hard_biggerset_011.pt"
 DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT = "localhost", "6000"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(MissingInputError):
     """The model checkpoint or the VQ-VAE file is not where the arguments say."""
 
 
@@ -37,7 +38,7 @@ def check_weights(args: argparse.Namespace) -> None:
     The message says where the released weights belong.
     """
     where = (
-        f"put the released CogView weights in {RELEASED_CHECKPOINTS} (the folder holding "
+        f"put the released CogView weights in {RELEASED_CHECKPOINTS_HINT} (the folder holding "
         "latest_checkpointed_iteration.txt and 142000/mp_rank_00_model_states.pt) or pass --load DIR"
     )
     if args.load is None:
@@ -46,7 +47,7 @@ def check_weights(args: argparse.Namespace) -> None:
         read_tracker(args.load)
     except CheckpointNotFoundError as error:
         raise MissingWeightsError(f"{error}: {where}") from error
-    vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE} or pass --img-tokenizer-path FILE"
+    vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE_HINT} or pass --img-tokenizer-path FILE"
     if args.img_tokenizer_path is None:
         raise MissingWeightsError(f"no VQ-VAE given: {vqvae_where}")
     if not Path(args.img_tokenizer_path).is_file():
@@ -55,11 +56,9 @@ def check_weights(args: argparse.Namespace) -> None:
 
 def init_device(args: argparse.Namespace) -> torch.device:
     """The device this process runs on; ``--device cuda`` (no index) means the GPU of its local rank."""
-    device = torch.device(args.device)
+    local_rank = args.local_rank if args.local_rank is not None else args.rank
+    device = process_device(args.device, local_rank)
     if device.type == "cuda":
-        if device.index is None:
-            local_rank = args.local_rank if args.local_rank is not None else args.rank
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     return device
 
@@ -124,33 +123,20 @@ def build_model(
     """``GPT2Model`` from the size arguments, loaded from ``--load``, in eval mode on ``device``.
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
-    (stored in ``args.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    (``model.config.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
     The weights are converted tensor by tensor from the memory-mapped checkpoint straight into ``dtype``
     on ``device`` (peak memory: the weights plus one tensor). With ``--offload`` they are loaded into CPU
     memory and each transformer layer moves to ``device`` only while it runs (see
     :func:`model.offload.offload_layers`).
     """
-    args.vocab_size = padded_vocab_size(
+    vocab_size = padded_vocab_size(
         num_tokens, mpu.get_model_parallel_world_size(), args.make_vocab_size_divisible_by
     )
+    config = GPT2Config.from_args(
+        args, vocab_size, parallel_output=False, max_memory_length=0, checkpoint_activations=False
+    )
     with torch.device("meta"):
-        model = GPT2Model(
-            num_layers=args.num_layers,
-            vocab_size=args.vocab_size,
-            hidden_size=args.hidden_size,
-            num_attention_heads=args.num_attention_heads,
-            embedding_dropout_prob=args.hidden_dropout,
-            attention_dropout_prob=args.attention_dropout,
-            output_dropout_prob=args.hidden_dropout,
-            max_sequence_length=args.max_position_embeddings,
-            max_memory_length=0,
-            checkpoint_activations=False,
-            parallel_output=False,
-            query_window=args.query_window,
-            key_window_times=args.key_window_times,
-            num_pivot=args.num_pivot,
-            pb_relax_attention=args.pb_relax_attention,
-        )
+        model = GPT2Model(config)
     model = model.to(dtype)  # still on meta: the dtype the checkpoint's tensors are converted to
     load_checkpoint(
         model, args.load, trust_checkpoint=args.trust_checkpoint, device="cpu" if args.offload else device

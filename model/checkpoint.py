@@ -1,6 +1,6 @@
 """Load and save CogView checkpoints in the released layout, and reshard them between model-parallel sizes.
 
-Layout (reference §3.11)::
+Layout, the released one::
 
     {dir}/latest_checkpointed_iteration.txt      "142000" (or "release"); SAT names this file "latest"
     {dir}/142000/mp_rank_00_model_states.pt      {"module": state_dict, "iteration": ..., ...}
@@ -24,7 +24,7 @@ import zipfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,6 +32,8 @@ import torch.distributed as dist
 from torch import nn
 
 import mpu
+from common.atomic_files import atomic_torch_save, atomic_write_text, rename_into_place
+from common.errors import InputError, MissingInputError
 
 from .partition import (
     COGVIEW_NUM_TOKENS,
@@ -63,11 +65,11 @@ _LAYOUT_FREE_ENTRIES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that exists but cannot be used; the message names the file and the key."""
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(MissingInputError):
     """A checkpoint directory, tracker, iteration folder or shard file that is not there."""
 
 
@@ -367,9 +369,8 @@ def _materialise(model: nn.Module, key: str, placeholder: torch.Tensor, value: t
     module = model.get_submodule(module_name)
     if isinstance(placeholder, nn.Parameter):
         parameter = nn.Parameter(value, requires_grad=placeholder.requires_grad)
-        parameter.__dict__.update(
-            placeholder.__dict__
-        )  # model-parallel attributes read by clipping, resharding
+        # keep the model-parallel attributes that gradient clipping and resharding read
+        parameter.__dict__.update(placeholder.__dict__)
         value = parameter
     setattr(module, name, value)
 
@@ -401,34 +402,10 @@ def _release_file_pages(tensor: torch.Tensor) -> None:
         madvise(start, end - start, mmap.MADV_DONTNEED)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, fsync, then rename over the target."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the renames inside ``folder`` durable."""
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def write_tracker(save_dir: str | os.PathLike, iteration: int | str) -> Path:
     """Atomically write ``{save_dir}/latest_checkpointed_iteration.txt`` holding ``iteration``."""
     tracker = Path(save_dir) / TRACKER_FILENAMES[0]
-    _atomic_write(tracker, lambda file: file.write(str(iteration).encode()))
+    atomic_write_text(tracker, str(iteration))
     return tracker
 
 
@@ -457,7 +434,7 @@ def save_checkpoint(
             **client_state,
             "module": model.state_dict(),
         }
-        _atomic_write(path, lambda file: torch.save(payload, file))
+        atomic_torch_save(payload, path)
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         dist.barrier()
@@ -541,12 +518,11 @@ def reshard_checkpoint(
                 "module": shard_state_dict(merged, target_mp, rank),
             }
             path = staging / iteration / shard_filename(rank)
-            _atomic_write(path, lambda file, payload=payload: torch.save(payload, file))
+            atomic_torch_save(payload, path)
             log(f"wrote {dst / iteration / shard_filename(rank)} ({rank + 1}/{target_mp})")
         write_tracker(staging, iteration)
-        os.replace(staging, dst)  # dst is absent or an empty directory, which rename replaces
+        rename_into_place(staging, dst)  # dst is absent or an empty directory, which rename replaces
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _fsync_directory(dst.parent)
     log(f"wrote {dst / TRACKER_FILENAMES[0]} -> {iteration}")
     return dst / iteration

@@ -3,6 +3,7 @@ post-processing of get_args (§2.10): sparse checks, device, ranks from the envi
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -197,9 +198,10 @@ def test_every_argument_parses_to_its_type(parser, option):
         assert getattr(parser.parse_args([option, "a", "b"]), dest(option)) == ["a", "b"]
         if kind == "nargs*":
             assert getattr(parser.parse_args([option]), dest(option)) == []
-    else:
-        value = parser.parse_args([option, CHOICE_VALUES.get(option, "3")])
-        assert type(getattr(value, dest(option))) is kind
+    else:  # the exact value, so a string option that converts (or mangles) its text fails too
+        text = CHOICE_VALUES.get(option, "some dir/3.txt" if kind is str else "3")
+        value = getattr(parser.parse_args([option, text]), dest(option))
+        assert value == kind(text) and type(value) is kind
 
 
 def test_underscore_names_are_exact(parser):
@@ -396,7 +398,7 @@ def test_deepspeed_mpi_defines_the_env(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", mpi)
     args = get_args(["--deepspeed_mpi"])
     assert (args.rank, args.world_size, args.local_rank) == (2, 4, 0)
-    env = {name: arguments.os.environ[name] for name in LAUNCHER_ENV[:5]}
+    env = {name: os.environ[name] for name in LAUNCHER_ENV[:5]}
     assert env == {
         "RANK": "2",
         "WORLD_SIZE": "4",

@@ -3,7 +3,7 @@
 Sizes come from the loaded models instead of the original's constants, so small models work too: the
 code grid is ``image_size / downsampling`` of the VQ-VAE (256 / 8 = 32×32 = 1024 codes and ``[BASE]``
 for the released one; a ×32 VQ-VAE gives 8×8 = 64 codes and ``[TINY]``), and the query limit is
-``max(--max-position-embeddings, --max-position-embeddings-finetune)`` (§8.5).
+``max(--max-position-embeddings, --max-position-embeddings-finetune)``.
 """
 
 import argparse
@@ -12,9 +12,12 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import InputError
 from data_utils import UnifiedTokenizer
-from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError
+from data_utils.layouts import SIZE_TOKENS
+from data_utils.unified_tokenizer import QueryError, as_int_list
 from generation.filling import filling_sequence
+from generation.sampling import SamplingConfig
 from model import GPT2Model
 
 DEFAULT_IMAGE_SIZE = 256
@@ -29,7 +32,7 @@ def code_grid_side(tokenizer: UnifiedTokenizer, image_size: int = DEFAULT_IMAGE_
     factor = tokenizer.img_tokenizer.downsample_factor
     side = image_size // factor
     if image_size % factor or side not in SIZE_TOKENS or side % 2:
-        raise ValueError(
+        raise InputError(
             f"the VQ-VAE turns {image_size}² px images into a {image_size / factor:g}² grid, "
             f"but CogView has size tokens only for {', '.join(f'{s}×{s}' for s in SIZE_TOKENS)} grids"
         )
@@ -55,9 +58,8 @@ class QueryResult:
 class TaskContext:
     """The model, tokenizer and arguments a query runs with, and the helpers every task uses.
 
-    ``args`` supplies the sampling settings (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
-    ``max_inference_batch_size``) and the length limits. ``generator`` makes sampling reproducible;
-    ``progress`` shows a bar over generated tokens.
+    ``args`` supplies the sampling settings, read once into :attr:`sampling`, and the length limits.
+    ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens.
     """
 
     model: GPT2Model
@@ -67,19 +69,16 @@ class TaskContext:
     generator: torch.Generator | None = None
     progress: bool = False
     grid_side: int = field(init=False)
+    sampling: SamplingConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.grid_side = code_grid_side(self.tokenizer, self.image_size)
+        self.sampling = SamplingConfig.of(self.args)
 
     @property
     def num_codes(self) -> int:
         """Codes of one image (1024 for the released VQ-VAE)."""
         return self.grid_side**2
-
-    @property
-    def size_token(self) -> str:
-        """The size command of one image, e.g. ``[BASE]`` for 32×32 codes."""
-        return SIZE_TOKENS[self.grid_side]
 
     @property
     def max_length(self) -> int:
@@ -100,12 +99,25 @@ class TaskContext:
         self.check_length(len(ids))
         return ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """The ids of a query's text field; as in the original's query strings, command names in it count."""
+        return self.tokenizer.parse_query(text)
+
+    def image_codes(self, path: str, img_size: int | None = None) -> list[int]:
+        """The VQ-VAE codes of the image at ``path`` read at ``img_size`` (default ``image_size``) pixels."""
+        image = self.tokenizer.read_img(path, img_size or self.image_size)
+        return as_int_list(self.tokenizer(image)[0])
+
     def fill(self, ids: Sequence[int]) -> torch.Tensor:
-        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``."""
+        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``.
+
+        A sequence longer than the model takes is refused first (:meth:`check_length`).
+        """
+        self.check_length(len(ids))
         return filling_sequence(
             self.model,
             ids,
-            self.args,
+            self.sampling,
             tokenizer=self.tokenizer,
             generator=self.generator,
             progress=self.progress,
