@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 import mpu
 from arguments import get_args
+from generation.filling import batch_chunks
 from generation.inputs import Query, interactive_queries, read_query_file, shared_queries
 from generation.outputs import ImageWriter
 from generation.runtime import (
@@ -29,6 +30,7 @@ from generation.runtime import (
     model_dtype,
     set_random_seed,
 )
+from generation.sampling import check_sampling_options
 from generation.tasks import TASKS, TaskContext
 from generation.tasks.base import code_grid_side
 from generation.tasks.runner import run_queries, write_results
@@ -67,6 +69,8 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
     """Load what ``args`` names, run every query through the task, write the results; the exit status."""
     task = TASKS[args.generation_task]
     try:
+        check_sampling_options(args.temperature, args.top_k, args.top_p)
+        batch_chunks(args.batch_size, args.max_inference_batch_size)  # both at least 1
         check_weights(args)
         queries, num_lines = read_queries(args)
         set_random_seed(args.seed, device)

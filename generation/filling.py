@@ -9,7 +9,7 @@ from tqdm import tqdm
 
 import mpu
 from data_utils import get_tokenizer
-from generation.sampling import InvalidSlices, Tokenizer, sample
+from generation.sampling import InvalidSlices, Tokenizer, check_sampling_options, sample
 from model import GPT2Model
 
 NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
@@ -79,6 +79,7 @@ def filling_sequence(
     ids = seq.tolist()
     context_length = next((i for i, token in enumerate(ids) if token < 0), len(ids))
     chunks = batch_chunks(args.batch_size, args.max_inference_batch_size)
+    check_sampling_options(args.temperature, args.top_k, args.top_p)
     if context_length == len(ids):
         return seq.expand(args.batch_size, -1).clone()
     if context_length == 0:

@@ -4,6 +4,7 @@ Reference §8.2. The original's order is kept: divide by the temperature, forbid
 with top-k and top-p, softmax, draw. ``top_k = top_p = 0`` is plain ancestral sampling (not greedy).
 """
 
+import math
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -18,6 +19,27 @@ class Tokenizer(Protocol):
 
     def __len__(self) -> int: ...
     def __getitem__(self, command_token: str) -> int: ...
+
+
+class SamplingOptionError(ValueError):
+    """A temperature, top-k or top-p value that sampling cannot use."""
+
+
+def check_sampling_options(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling settings that would fail mid-run or be silently meaningless, naming the flag.
+
+    Temperature 0 is refused rather than read as greedy (dividing by it gives inf/nan probabilities);
+    ``top_k = 1`` is greedy decoding.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise SamplingOptionError(
+            f"--temperature must be a positive number, got {temperature:g} "
+            "(0 is not greedy decoding: pass --top_k 1 for that)"
+        )
+    if top_k < 0:
+        raise SamplingOptionError(f"--top_k must be 0 (off) or a positive number of tokens, got {top_k}")
+    if not 0.0 <= top_p <= 1.0:
+        raise SamplingOptionError(f"--top_p must be between 0 (off) and 1, got {top_p:g}")
 
 
 def top_k_logits(

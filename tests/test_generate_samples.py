@@ -270,7 +270,7 @@ def test_post_selection_scores_each_image_in_input_order(ctx, images):
 
 
 def test_too_long_prompt_names_the_limit(ctx):
-    with pytest.raises(QueryError, match=r"is 1\d\d tokens long, but the model takes at most 128"):
+    with pytest.raises(QueryError, match=r"is at least 1\d\d tokens long, but the model takes at most 128"):
         TASKS["text2image"].run(ctx, ["一只猫" * 40])
 
 
@@ -286,7 +286,7 @@ def test_text2image_files_names_sizes_and_no_overwrite(tiny_cogview, tmp_path, c
     assert status == 1  # line 5 is too long
     (error,) = error_lines(stderr)
     assert re.fullmatch(
-        r"error: line 5: the query is \d+ tokens long, but the model takes at most 128 "
+        r"error: line 5: the query is at least \d+ tokens long, but the model takes at most 128 "
         r"\(--max-position-embeddings, --max-position-embeddings-finetune\); shorten the text",
         error,
     )
@@ -456,6 +456,38 @@ def test_missing_files_stop_with_one_line_and_status_2(tiny_cogview, tmp_path, c
     assert status == 2
     assert len(stderr.strip().splitlines()) == 1 and "Traceback" not in stderr
     assert re.fullmatch(f"error: {message}.*", stderr.strip())
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--temperature", "0"],
+            "--temperature must be a positive number, got 0 (0 is not greedy decoding: pass --top_k 1 "
+            "for that)",
+        ),
+        (["--temperature", "-1"], "--temperature must be a positive number, got -1"),
+        (["--temperature", "nan"], "--temperature must be a positive number, got nan"),
+        (["--top_k", "-5"], "--top_k must be 0 (off) or a positive number of tokens, got -5"),
+        (["--top_p", "1.5"], "--top_p must be between 0 (off) and 1, got 1.5"),
+        (
+            ["--batch-size", "0"],
+            "--batch-size (0) and --max-inference-batch-size (1) must both be at least 1.",
+        ),
+        (
+            ["--max-inference-batch-size", "0"],
+            "--batch-size (2) and --max-inference-batch-size (0) must both",
+        ),
+    ],
+)
+def test_bad_sampling_options_stop_at_start_up(tiny_cogview, tmp_path, capsys, options, message):
+    queries = tmp_path / "input.txt"
+    queries.write_text("一只猫\n", encoding="utf-8")
+    argv = cli_args(tiny_cogview, "--input-source", str(queries), "--output-path", str(tmp_path / "out"))
+    status, _, stderr = run_main(capsys, [*argv, *options])
+    assert status == 2
+    assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1
     assert not (tmp_path / "out").exists()
 
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 
 from data_utils import UnifiedTokenizer
-from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError
+from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError, QueryTooLongError
 from generation.filling import filling_sequence
 from model import GPT2Model
 
@@ -86,17 +86,30 @@ class TaskContext:
         """The longest query the model takes: ``max(--max-position-embeddings, ...-finetune)``."""
         return max(self.args.max_position_embeddings, self.args.max_position_embeddings_finetune)
 
+    def too_long(self, length: int, at_least: bool = False) -> QueryError:
+        """The error for a sequence of ``length`` tokens (``at_least``: a lower bound), over the limit."""
+        return QueryError(
+            f"the query is {'at least ' * at_least}{length} tokens long, but the model takes at most "
+            f"{self.max_length} (--max-position-embeddings, --max-position-embeddings-finetune); "
+            "shorten the text"
+        )
+
     def check_length(self, length: int) -> None:
         """Refuse a sequence longer than :attr:`max_length` with one clear sentence."""
         if length > self.max_length:
-            raise QueryError(
-                f"the query is {length} tokens long, but the model takes at most {self.max_length} "
-                "(--max-position-embeddings, --max-position-embeddings-finetune); shorten the text"
-            )
+            raise self.too_long(length)
 
     def parse(self, query: str, img_size: int | None = None) -> list[int]:
-        """``tokenizer.parse_query`` (images read at ``img_size``, default ``image_size``), length-checked."""
-        ids = self.tokenizer.parse_query(query, img_size=img_size or self.image_size)
+        """``tokenizer.parse_query`` (images read at ``img_size``, default ``image_size``), length-checked.
+
+        A query too long for the model is refused while it is parsed, before its ``[MASK]*N`` is allocated.
+        """
+        try:
+            ids = self.tokenizer.parse_query(
+                query, img_size=img_size or self.image_size, max_length=self.max_length
+            )
+        except QueryTooLongError as error:
+            raise self.too_long(error.length, at_least=True) from None
         self.check_length(len(ids))
         return ids
 
