@@ -8,8 +8,10 @@ Naming follows the original, with the overwrites removed:
 * otherwise: ``{folder}/{i}.jpg`` for each sample and ``{folder}/concat.jpg`` (their grid), where the
   folder is ``{output-path}/{id}`` with ``--with-id`` and ``{output-path}/{text[:20]}`` without it (the
   original wrote every query to ``{output-path}/0.jpg``). An existing folder is never reused: the next
-  free ``{name}-1``, ``{name}-2``, ... is taken.
-* per-line results (captions, scores) go to one text file aligned with the input, line n for line n.
+  free ``{name}-1``, ``{name}-2``, ... is taken. The folder is written as ``.{name}.incomplete-...`` and
+  renamed when complete, so it appears whole or not at all (a crash leaves only the hidden, so-named one).
+* per-line results (captions, scores) go to one text file aligned with the input, line n for line n,
+  appended as the run goes (``generation.results``).
 
 Images are clamped to [0, 1] when saved. The original min-max stretched each saved image (or grid) to
 [0, 1] instead (``save_image(normalize=True)``, §12.9), which changed colours and contrast per image.
@@ -17,8 +19,12 @@ Every file is written to a temporary name in the same folder and renamed, so no 
 half-written file.
 """
 
+import errno
 import itertools
 import os
+import secrets
+import shutil
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -27,12 +33,18 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from common.atomic_files import fsync_directory, numbered_names
+from common.errors import InputError
 from vqvae import to_pil
 
 GRID_COLUMNS = 8
 GRID_PADDING = 2
 SLUG_LENGTH = 20
 IMAGE_SUFFIX = ".jpg"
+
+
+class OutputFolderError(InputError):
+    """An output folder that cannot be created or written."""
 
 
 def slug(text: str, limit: int = SLUG_LENGTH) -> str:
@@ -115,16 +127,60 @@ def write_new(folder: Path, stem: str, suffix: str, write: Callable[[Path], None
     raise AssertionError("unreachable: _numbered never ends")
 
 
-def new_folder(parent: Path, name: str) -> Path:
-    """Create and return the first of ``parent/name``, ``parent/name-1``, ... that does not exist yet."""
+def incomplete_folder(parent: Path, name: str) -> Path:
+    """A new hidden folder in which a query's images are written before :func:`publish_folder`.
+
+    Its name, ``.{name}.incomplete-...``, marks it as unfinished if a crash leaves it behind.
+    """
     parent.mkdir(parents=True, exist_ok=True)
-    for candidate in _numbered(name):
+    while True:
+        staging = parent / f".{name}.incomplete-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            (parent / candidate).mkdir()
+            staging.mkdir()
         except FileExistsError:
             continue
-        return parent / candidate
-    raise AssertionError("unreachable: _numbered never ends")
+        return staging
+
+
+def publish_folder(staging: Path, parent: Path, name: str) -> Path:
+    """Rename the finished folder ``staging`` to the first free one of ``parent/name``, ``name-1``, ...
+
+    So a query's folder appears whole or not at all, and never replaces or joins an existing one (a
+    rename onto a folder that is not empty fails, so concurrent runs cannot collide either).
+    """
+    for candidate in numbered_names(name):
+        target = parent / candidate
+        if target.exists():
+            continue
+        try:
+            os.rename(staging, target)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):  # taken since the check
+                continue
+            raise
+        fsync_directory(parent)
+        return target
+    raise AssertionError("unreachable: numbered_names never ends")
+
+
+def check_writable_folder(folder: str | os.PathLike, option: str = "--output-path") -> Path:
+    """Create ``folder`` if needed and check that files can be written in it, before any work is done.
+
+    Raises :class:`OutputFolderError` naming ``option`` when a file is in the way or the folder cannot
+    be created or written.
+    """
+    folder = Path(folder)
+    blocking = next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
+    if blocking is not None:
+        where = "" if blocking == folder else f": {blocking} is a file"
+        raise OutputFolderError(f"{option} {folder} is not a folder{where}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as error:
+        raise OutputFolderError(f"cannot write in {option} {folder}: {error.strerror or error}") from None
+    return folder
 
 
 def save_image(image: torch.Tensor, path: Path) -> Path:
@@ -134,11 +190,6 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     """
     picture = to_pil(image)
     return write_atomic(path, lambda temporary: picture.save(temporary))
-
-
-def save_text(text: str, path: str | os.PathLike) -> Path:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
-    return write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
 
 
 class ImageWriter:
@@ -170,30 +221,12 @@ class ImageWriter:
             return [write_new(folder, stem, IMAGE_SUFFIX, lambda temporary: picture.save(temporary))]
         if not samples:
             return []
-        folder = new_folder(self.root, query_id or slug(label))
-        paths = [save_image(image, folder / f"{i}{IMAGE_SUFFIX}") for i, image in enumerate(samples)]
-        paths.append(save_image(grid(samples), folder / f"concat{IMAGE_SUFFIX}"))
-        return paths
-
-
-class AlignedLines:
-    """Result lines keyed by input line number, written as one file where line n answers input line n.
-
-    Lines without a result (blank input lines) stay empty, so scores and captions never shift.
-    """
-
-    def __init__(self) -> None:
-        self.lines: dict[int, str] = {}
-
-    def record(self, number: int, line: str) -> None:
-        """Set the result of input line ``number`` (1-based); it must be a single line."""
-        self.lines[number] = " ".join(line.splitlines())
-
-    def merge(self, other: dict[int, str]) -> None:
-        """Add the lines another process recorded."""
-        self.lines.update(other)
-
-    def write(self, path: str | os.PathLike, total: int = 0) -> Path:
-        """Write lines 1..max(total, last recorded) to ``path`` atomically."""
-        count = max([total, *self.lines])
-        return save_text("".join(f"{self.lines.get(n, '')}\n" for n in range(1, count + 1)), path)
+        name = query_id or slug(label)
+        staging = incomplete_folder(self.root, name)
+        try:
+            names = [save_image(image, staging / f"{i}{IMAGE_SUFFIX}").name for i, image in enumerate(samples)]
+            names.append(save_image(grid(samples), staging / f"concat{IMAGE_SUFFIX}").name)
+            folder = publish_folder(staging, self.root, name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+        return [folder / file_name for file_name in names]
