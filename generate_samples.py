@@ -113,10 +113,8 @@ def report(summary: RunSummary, total: int | None) -> int:
     if summary.results_path is not None:
         print(f"results: {summary.results_path}")
     if summary.failures:
-        print(
-            f"{summary.failures} quer{'y' if summary.failures == 1 else 'ies'} failed (see the error lines above)",
-            file=sys.stderr,
-        )
+        noun = "query" if summary.failures == 1 else "queries"
+        print(f"{summary.failures} {noun} failed (see the error lines above)", file=sys.stderr)
     if summary.interrupted:
         where = f" during {summary.interrupted_at}" if summary.interrupted_at else ""
         done = f"{summary.done} of {total}" if total is not None else str(summary.done)

@@ -16,8 +16,10 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from common.devices import resolve_device
+from common.errors import InputError
 from data_utils.sp_tokenizer import SentencePieceTokenizer
-from data_utils.vqvae_tokenizer import PretokenizedImageTokenizer, VQVAETokenizer, resolve_device, square_side
+from data_utils.vqvae_tokenizer import PretokenizedImageTokenizer, VQVAETokenizer, square_side
 
 COMMAND_TOKENS = (
     "[PAD]",
@@ -54,7 +56,7 @@ MASK = -1  # placeholder id in parsed queries: "generate this position"
 Code = list[int] | np.ndarray | torch.Tensor
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A generation query that cannot be parsed."""
 
 
@@ -95,12 +97,12 @@ class UnifiedTokenizer:
         self.device = resolve_device(device)
         if img_tokenizer_path is None:
             if img_tokenizer_num_tokens is None:
-                raise ValueError("UnifiedTokenizer needs img_tokenizer_path or img_tokenizer_num_tokens.")
+                raise InputError("UnifiedTokenizer needs img_tokenizer_path or img_tokenizer_num_tokens.")
             self.img_tokenizer = PretokenizedImageTokenizer(img_tokenizer_num_tokens)
         else:
             self.img_tokenizer = VQVAETokenizer(img_tokenizer_path, self.device)
             if img_tokenizer_num_tokens not in (None, self.img_tokenizer.num_tokens):
-                raise ValueError(
+                raise InputError(
                     f"VQ-VAE {img_tokenizer_path} has {self.img_tokenizer.num_tokens} codes, "
                     f"but img_tokenizer_num_tokens is {img_tokenizer_num_tokens}."
                 )

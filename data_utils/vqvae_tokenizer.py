@@ -6,25 +6,12 @@ import os
 import torch
 
 import vqvae
+from common.devices import resolve_device
+from common.errors import InputError
 
 
-class NoImageTokenizerError(ValueError):
+class NoImageTokenizerError(InputError):
     """An image had to be encoded or decoded but the tokenizer was built without a VQ-VAE."""
-
-
-def resolve_device(device: str | int | torch.device | None) -> torch.device:
-    """'cpu' / 'cuda:1' / torch.device → itself; int → that CUDA GPU; None → the current GPU, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(device, int):
-        return torch.device("cuda", device)
-    if device is None:
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
-    return torch.device(device)
 
 
 def square_side(num_codes: int) -> int:

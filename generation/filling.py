@@ -8,6 +8,7 @@ import torch
 from tqdm import tqdm
 
 import mpu
+from common.errors import InputError
 from data_utils import get_tokenizer
 from generation.sampling import InvalidSlices, Tokenizer, check_sampling_options, sample
 from model import GPT2Model
@@ -33,7 +34,7 @@ def batch_chunks(batch_size: int, max_inference_batch_size: int) -> list[int]:
     The original required ``batch_size < max`` or divisibility; any combination works here.
     """
     if batch_size < 1 or max_inference_batch_size < 1:
-        raise ValueError(
+        raise InputError(
             f"--batch-size ({batch_size}) and --max-inference-batch-size ({max_inference_batch_size}) "
             "must both be at least 1."
         )

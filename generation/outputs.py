@@ -20,20 +20,19 @@ half-written file.
 """
 
 import errno
-import itertools
 import os
 import secrets
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from common.atomic_files import fsync_directory, numbered_names
+from common.atomic_files import atomic_path, fsync_directory, numbered_names, write_new
 from common.errors import InputError
 from vqvae import to_pil
 
@@ -81,50 +80,6 @@ def same_size(images: Sequence[torch.Tensor]) -> torch.Tensor:
 def grid(images: Sequence[torch.Tensor]) -> torch.Tensor:
     """The original's image grid (8 per row, 2 px black padding) of clamped images → ``[3, H', W']``."""
     return make_grid(same_size(images).clamp(0, 1), nrow=GRID_COLUMNS, padding=GRID_PADDING)
-
-
-def _temporary(path: Path) -> Path:
-    """A hidden name beside ``path`` with the same suffix (so PIL picks the same format)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-def _numbered(name: str, suffix: str = "") -> Iterator[str]:
-    """``name``, ``name-1``, ``name-2``, ... each followed by ``suffix``."""
-    yield f"{name}{suffix}"
-    for number in itertools.count(1):
-        yield f"{name}-{number}{suffix}"
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` and rename the result over ``path`` (replacing any old file)."""
-    path = Path(path)
-    temporary = _temporary(path)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def write_new(folder: Path, stem: str, suffix: str, write: Callable[[Path], None]) -> Path:
-    """Like :func:`write_atomic` to ``folder/{stem}{suffix}``, but never replacing an existing file.
-
-    The finished temporary file is hard-linked to the first free name among ``stem``, ``stem-1``, ...;
-    linking fails if the name exists, so even concurrent processes cannot overwrite each other.
-    """
-    temporary = _temporary(folder / f"{stem}{suffix}")
-    try:
-        write(temporary)
-        for name in _numbered(stem, suffix):
-            try:
-                os.link(temporary, folder / name)
-            except FileExistsError:
-                continue
-            return folder / name
-    finally:
-        temporary.unlink(missing_ok=True)
-    raise AssertionError("unreachable: _numbered never ends")
 
 
 def incomplete_folder(parent: Path, name: str) -> Path:
@@ -189,7 +144,9 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     The format follows the suffix of ``path``.
     """
     picture = to_pil(image)
-    return write_atomic(path, lambda temporary: picture.save(temporary))
+    with atomic_path(path) as temporary:
+        picture.save(temporary)
+    return path
 
 
 class ImageWriter:
@@ -224,7 +181,9 @@ class ImageWriter:
         name = query_id or slug(label)
         staging = incomplete_folder(self.root, name)
         try:
-            names = [save_image(image, staging / f"{i}{IMAGE_SUFFIX}").name for i, image in enumerate(samples)]
+            names = [
+                save_image(image, staging / f"{i}{IMAGE_SUFFIX}").name for i, image in enumerate(samples)
+            ]
             names.append(save_image(grid(samples), staging / f"concat{IMAGE_SUFFIX}").name)
             folder = publish_folder(staging, self.root, name)
         finally:

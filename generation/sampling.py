@@ -11,6 +11,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from common.errors import InputError
+
 
 class Tokenizer(Protocol):
     """What generation needs from a tokenizer (``data_utils.UnifiedTokenizer`` provides it)."""
@@ -21,7 +23,7 @@ class Tokenizer(Protocol):
     def __getitem__(self, command_token: str) -> int: ...
 
 
-class SamplingOptionError(ValueError):
+class SamplingOptionError(InputError):
     """A temperature, top-k or top-p value that sampling cannot use."""
 
 

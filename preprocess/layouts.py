@@ -13,6 +13,7 @@ super-resolution  per window, exactly what the released SR model sees at inferen
 
 import numpy as np
 
+from common.errors import InputError
 from data_utils.datasets import BINARY_TEXT_LENGTH
 from data_utils.templates import TextCodeTemplate, concat_codes
 from data_utils.unified_tokenizer import SIZE_TOKENS, UnifiedTokenizer
@@ -27,11 +28,11 @@ def check_codes_per_side(layout: str, codes_per_side: int) -> None:
     """Raise a ValueError if `layout` cannot hold square images of `codes_per_side`² codes."""
     if layout == "super-resolution":
         if codes_per_side % 4:
-            raise ValueError(
+            raise InputError(
                 f"The super-resolution layout needs codes per side divisible by 4, got {codes_per_side}."
             )
     elif codes_per_side not in SIZE_TOKENS:
-        raise ValueError(
+        raise InputError(
             f"The {layout} layout needs {sorted(SIZE_TOKENS)} codes per side (a size token), "
             f"got {codes_per_side}."
         )

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import vqvae
+from common.errors import InputError, MissingInputError
 from data_utils.dataset_writers import BinaryWriter, LMDBWriter
 from data_utils.datasets import BINARY_TEXT_LENGTH
 from data_utils.unified_tokenizer import UnifiedTokenizer
@@ -40,7 +41,7 @@ from preprocess.sources import FolderImages, Record, ZipImages, read_captions, z
 REPORT_HEADER = "origin\timage\treason"
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(InputError):
     """A partial output was started with different settings than this run's."""
 
 
@@ -123,13 +124,13 @@ class Preprocessor:
     def __init__(self, config: PreprocessConfig):
         self.config = config
         if config.layout not in LAYOUTS:
-            raise ValueError(f"Unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}.")
+            raise InputError(f"Unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}.")
         check_codes_per_side(config.layout, config.encode_size)
         if config.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}.")
+            raise InputError(f"--batch-size must be at least 1, got {config.batch_size}.")
         self.binary = config.output.suffix == ".bin"
         if self.binary and (config.layout != "text2image" or config.encode_size != 32):
-            raise ValueError(
+            raise InputError(
                 "A .bin output holds the compact text2image format (32×32 codes); write an LMDB directory "
                 f"for --layout {config.layout} --encode-size {config.encode_size}."
             )
@@ -143,7 +144,7 @@ class Preprocessor:
         if self.binary:
             self.max_text = min(self.max_text, BINARY_TEXT_LENGTH)
         if self.max_text < 1:
-            raise ValueError(
+            raise InputError(
                 f"A {config.layout} row with {config.encode_size}² codes does not fit "
                 f"--max-seq-len {max_seq_len}."
             )
@@ -160,15 +161,15 @@ class Preprocessor:
         config = self.config
         if config.zip_path is not None:
             if config.image_root is not None:
-                raise ValueError("Give either a zip of images or an image root, not both.")
+                raise InputError("Give either a zip of images or an image root, not both.")
             source = ZipImages(config.zip_path)
             records = read_captions(config.captions) if config.captions else zip_records(config.zip_path)
             return records, source
         if config.captions is None:
-            raise ValueError("Give a captions file (with an image root) or a zip of images.")
+            raise InputError("Give a captions file (with an image root) or a zip of images.")
         root = config.image_root if config.image_root is not None else Path(config.captions).parent
         if not Path(root).is_dir():
-            raise FileNotFoundError(f"Image root {root} is not a directory.")
+            raise MissingInputError(f"Image root {root} is not a directory.")
         return read_captions(config.captions), FolderImages(root)
 
     def _open_writer(self) -> LMDBWriter | BinaryWriter:

@@ -246,7 +246,9 @@ def test_file_slots_give_every_process_the_same_number_of_rounds(tmp_path):
 
 
 def test_long_ids_are_refused_before_any_work():
-    with pytest.raises(QueryError, match=r"id 'iiiiiiiiiiiiiiiiiiii'\.\.\. is 300 bytes long: at most 200 fit"):
+    with pytest.raises(
+        QueryError, match=r"id 'iiiiiiiiiiiiiiiiiiii'\.\.\. is 300 bytes long: at most 200 fit"
+    ):
         split_fields(Query(1, "i" * 300 + "\t一只猫"), ("text",), with_id=True)
 
 
@@ -590,7 +592,7 @@ def test_two_processes_share_a_file_and_match_one_process(tiny_cogview, images, 
 
 
 def _ctrl_c_during(monkeypatch: pytest.MonkeyPatch, task_name: str, when) -> None:
-    """Make ``task_name`` send this process a real SIGINT (Ctrl-C) at the start of the queries ``when(fields)``."""
+    """Make ``task_name`` send this process a real SIGINT (Ctrl-C) as the queries ``when(fields)`` start."""
     task = TASKS[task_name]
 
     def run(ctx: TaskContext, fields: list[str]):
@@ -683,7 +685,10 @@ def _not_loaded(*args, **kwargs):
     ("output", "message"),
     [
         (lambda tmp: tmp / "input.txt", r"--output-path .*input\.txt is not a folder$"),
-        (lambda tmp: tmp / "input.txt" / "out", r"--output-path .*out is not a folder: .*input\.txt is a file$"),
+        (
+            lambda tmp: tmp / "input.txt" / "out",
+            r"--output-path .*out is not a folder: .*input\.txt is a file$",
+        ),
         (lambda tmp: Path("/sys/cogview-samples"), r"cannot write in --output-path /sys/cogview-samples: "),
     ],
     ids=["a file", "under a file", "not writable"],
@@ -734,7 +739,9 @@ def test_a_mask_longer_than_the_model_is_one_failed_query(tiny_cogview, tmp_path
     status, _, stderr = run_main(capsys, cli_args(tiny_cogview, *argv))
     assert status == 1
     (error,) = error_lines(stderr)
-    assert re.fullmatch(r"error: line 1: the query is at least 100000000\d\d tokens long, but the model .*", error)
+    assert re.fullmatch(
+        r"error: line 1: the query is at least 100000000\d\d tokens long, but the model .*", error
+    )
     lines = (out / "raw.txt").read_text(encoding="utf-8").split("\n")
     assert lines[0].startswith("error: the query is at least") and lines[1].startswith("[ROI1] ")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import InputError
 from vqvae.training import RELEASED_SHAPE, TrainConfig, train
 
 
@@ -61,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         result = train(config)
-    except (ValueError, OSError) as error:  # bad options or files, or e.g. a full disk while saving
+    except (InputError, OSError) as error:  # bad options or files, or e.g. a full disk while saving
         sys.exit(f"train_vqvae: error: {error}")
     except KeyboardInterrupt:
         print("train_vqvae: interrupted; steps since the last save are lost", file=sys.stderr)

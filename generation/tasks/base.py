@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import InputError
 from data_utils import UnifiedTokenizer
 from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError, QueryTooLongError
 from generation.filling import filling_sequence
@@ -29,7 +30,7 @@ def code_grid_side(tokenizer: UnifiedTokenizer, image_size: int = DEFAULT_IMAGE_
     factor = tokenizer.img_tokenizer.downsample_factor
     side = image_size // factor
     if image_size % factor or side not in SIZE_TOKENS or side % 2:
-        raise ValueError(
+        raise InputError(
             f"the VQ-VAE turns {image_size}² px images into a {image_size / factor:g}² grid, "
             f"but CogView has size tokens only for {', '.join(f'{s}×{s}' for s in SIZE_TOKENS)} grids"
         )

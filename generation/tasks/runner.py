@@ -22,6 +22,7 @@ from generation.outputs import ImageWriter
 from generation.results import ResultsFile, gather_results
 from generation.tasks.base import Task, TaskContext
 
+
 def query_generator(seed: int, number: int, device: torch.device) -> torch.Generator:
     """The sampling generator of query ``number``: seeded with ``seed + number``.
 
