@@ -20,9 +20,10 @@ import torch.distributed as dist
 import mpu
 from arguments import get_args
 from common.errors import InputError
+from common.output_folders import check_writable_folder
 from generation.filling import batch_chunks
 from generation.inputs import Slot, file_slots, interactive_queries, read_query_file, shared_queries
-from generation.outputs import ImageWriter, check_writable_folder
+from generation.outputs import ImageWriter
 from generation.results import ResultsFile
 from generation.runtime import (
     build_model,
@@ -87,7 +88,7 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
         batch_chunks(args.batch_size, args.max_inference_batch_size)  # both at least 1
         check_weights(args)
         slots, total = read_slots(args)
-        check_writable_folder(args.output_path)
+        check_writable_folder(args.output_path, f"--output-path {args.output_path}")
         set_random_seed(args.seed, device)
         if device.type == "cpu" and (args.fp16 or args.bf16):
             print("warning: half precision is very slow on most CPUs; fp32 is the default", file=sys.stderr)

@@ -23,7 +23,6 @@ import errno
 import os
 import secrets
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,17 +32,12 @@ import torch.nn.functional as F
 from torchvision.utils import make_grid
 
 from common.atomic_files import atomic_path, fsync_directory, numbered_names, write_new
-from common.errors import InputError
 from vqvae import to_pil
 
 GRID_COLUMNS = 8
 GRID_PADDING = 2
 SLUG_LENGTH = 20
 IMAGE_SUFFIX = ".jpg"
-
-
-class OutputFolderError(InputError):
-    """An output folder that cannot be created or written."""
 
 
 def slug(text: str, limit: int = SLUG_LENGTH) -> str:
@@ -116,26 +110,6 @@ def publish_folder(staging: Path, parent: Path, name: str) -> Path:
         fsync_directory(parent)
         return target
     raise AssertionError("unreachable: numbered_names never ends")
-
-
-def check_writable_folder(folder: str | os.PathLike, option: str = "--output-path") -> Path:
-    """Create ``folder`` if needed and check that files can be written in it, before any work is done.
-
-    Raises :class:`OutputFolderError` naming ``option`` when a file is in the way or the folder cannot
-    be created or written.
-    """
-    folder = Path(folder)
-    blocking = next((path for path in (folder, *folder.parents) if path.exists() and not path.is_dir()), None)
-    if blocking is not None:
-        where = "" if blocking == folder else f": {blocking} is a file"
-        raise OutputFolderError(f"{option} {folder} is not a folder{where}")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-    except OSError as error:
-        raise OutputFolderError(f"cannot write in {option} {folder}: {error.strerror or error}") from None
-    return folder
 
 
 def save_image(image: torch.Tensor, path: Path) -> Path:

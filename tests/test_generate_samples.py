@@ -684,7 +684,7 @@ def _not_loaded(*args, **kwargs):
 @pytest.mark.parametrize(
     ("output", "message"),
     [
-        (lambda tmp: tmp / "input.txt", r"--output-path .*input\.txt is not a folder$"),
+        (lambda tmp: tmp / "input.txt", r"--output-path (.*input\.txt) is not a folder: \1 is a file$"),
         (
             lambda tmp: tmp / "input.txt" / "out",
             r"--output-path .*out is not a folder: .*input\.txt is a file$",

@@ -12,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from common.output_folders import OutputFolderError
 from tools import train_vqvae
 from vqvae import code2img, denormalize, img2code, load_vqvae, read_img, training
 from vqvae.image_files import ImageFiles, NoImagesError
@@ -175,8 +176,8 @@ def test_options_and_output_are_checked_before_training(shapes, tmp_path):
     assert list(tmp_path.iterdir()) == []
     (tmp_path / "a_file").write_text("x")
     with pytest.raises(
-        TrainingSetupError,
-        match=r"Cannot write --output .*a_file/model\.pt: .*a_file is a file, not a folder\.",
+        OutputFolderError,
+        match=r"the folder of --output .*a_file/model\.pt is not a folder: .*a_file is a file$",
     ):
         train(tiny_config(shapes, tmp_path / "a_file" / "model.pt", steps=1))
     (tmp_path / "folder.pt").mkdir()

@@ -11,7 +11,6 @@ import math
 import os
 import signal
 import sys
-import tempfile
 import threading
 import warnings
 from collections import deque
@@ -25,6 +24,7 @@ from tqdm import tqdm
 
 from common.atomic_files import atomic_torch_save
 from common.errors import InputError
+from common.output_folders import check_writable_folder
 from vqvae.checkpoint import save_vqvae
 from vqvae.image_files import ImageFiles
 from vqvae.images import denormalize
@@ -199,16 +199,7 @@ def _check_output(output: Path) -> None:
     """Refuse an output that cannot be written before any training is done: not at the first save."""
     if output.is_dir():
         raise TrainingSetupError(f"--output {output} is a folder; name the model file to write.")
-    blocking = next((folder for folder in output.parents if folder.exists() and not folder.is_dir()), None)
-    if blocking is not None:
-        raise TrainingSetupError(f"Cannot write --output {output}: {blocking} is a file, not a folder.")
-    try:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=output.parent):
-            pass
-    except OSError as error:
-        reason = error.strerror or type(error).__name__
-        raise TrainingSetupError(f"Cannot write --output {output}: {reason} ({output.parent}).") from None
+    check_writable_folder(output.parent, f"the folder of --output {output}")
 
 
 def _check_shape(config: TrainConfig, saved: dict[str, int], sidecar: Path) -> None:
