@@ -29,7 +29,6 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid
 
 from common.atomic_files import atomic_path, fsync_directory, numbered_names, write_new
 from vqvae import to_pil
@@ -72,8 +71,25 @@ def same_size(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def grid(images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The original's image grid (8 per row, 2 px black padding) of clamped images → ``[3, H', W']``."""
-    return make_grid(same_size(images).clamp(0, 1), nrow=GRID_COLUMNS, padding=GRID_PADDING)
+    """The original's image grid of clamped images → ``[3, H', W']``: ``torchvision.utils.make_grid``'s.
+
+    8 per row with 2 px of black around and between them; a single image comes back as it is, without
+    padding, as make_grid returns it. Written here so that generation does not import torchvision, which
+    takes as long to import as torch itself.
+    """
+    batch = same_size(images).clamp(0, 1)  # [n, 3, H, W]
+    if batch.size(0) == 1:
+        return batch[0]
+    count, channels, height, width = batch.shape
+    columns = min(GRID_COLUMNS, count)
+    rows = -(-count // columns)
+    cell_height, cell_width = height + GRID_PADDING, width + GRID_PADDING
+    canvas = batch.new_zeros(channels, rows * cell_height + GRID_PADDING, columns * cell_width + GRID_PADDING)
+    for index, image in enumerate(batch):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + GRID_PADDING, column * cell_width + GRID_PADDING
+        canvas[:, top : top + height, left : left + width] = image
+    return canvas
 
 
 def incomplete_folder(parent: Path, name: str) -> Path:

@@ -259,6 +259,9 @@ def test_grid_clamps_instead_of_stretching_and_upsamples_small_images():
     upsampled = small.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
     expected = make_grid(torch.cat([big.clamp(0, 1), upsampled]), nrow=8, padding=2)
     assert torch.equal(result, expected)
+    for count in (1, 8, 9, 17):  # one image (no padding), a full row, and rows left part-empty
+        images = torch.rand(count, 3, 5, 7) * 1.4 - 0.2
+        assert torch.equal(grid(list(images)), make_grid(images.clamp(0, 1), nrow=8, padding=2)), count
 
 
 # --- tasks from Python ---------------------------------------------------------------------------
