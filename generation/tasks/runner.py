@@ -74,15 +74,16 @@ def run_queries(
     summary = RunSummary()
     device = ctx.model.word_embeddings.weight.device
     bar = tqdm(total=total, disable=total is None, desc=task.name, unit="query")
-    current: Query | None = None
+    running: Query | None = None  # the query under way, for the message if Ctrl-C stops it
     try:
         for slot in slots:
-            entries = []
+            entries: list[tuple[int, str | None]] = []
             if slot is not None:
-                number, current = slot
+                number, running = slot
                 line = None
-                if current is not None:
-                    line, failed = _run_one(ctx, task, current, writer, with_id, seed, device)
+                if running is not None:
+                    line, failed = _run_one(ctx, task, running, writer, with_id, seed, device)
+                    running = None
                     summary.done += 1
                     summary.failures += failed
                     bar.update(1)
@@ -91,10 +92,9 @@ def run_queries(
                 for number, line in gather_results(entries):
                     if results is not None:
                         results.record(number, line)
-            current = None
     except KeyboardInterrupt:
         summary.interrupted = True
-        summary.interrupted_at = current.where if current is not None else None
+        summary.interrupted_at = running.where if running is not None else None
     finally:
         bar.close()
         if results is not None:
