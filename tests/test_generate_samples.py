@@ -680,6 +680,18 @@ def test_ctrl_c_at_the_interactive_prompt_is_one_line(tiny_cogview, images, tmp_
     assert len((out / "captions.txt").read_text(encoding="utf-8").split("\n")[0].split("\t")) == BATCH
 
 
+def test_ctrl_c_while_the_model_loads_is_one_line(tiny_cogview, tmp_path, capsys, monkeypatch):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_samples, "build_model", ctrl_c)
+    queries = tmp_path / "input.txt"
+    queries.write_text("一只猫\n", encoding="utf-8")
+    argv = cli_args(tiny_cogview, "--input-source", str(queries), "--output-path", str(tmp_path / "out"))
+    status, _, stderr = run_main(capsys, argv)
+    assert (status, stderr) == (130, "interrupted before the first query; nothing was generated\n")
+
+
 def _not_loaded(*args, **kwargs):
     raise AssertionError("the model was loaded before the output folder was checked")
 
