@@ -268,3 +268,10 @@ def write_binary(
     writer.commit(rows, state={})
     writer.finish()
     return writer.num_rows
+
+
+def binary_row(text_ids: Sequence[int], codes: np.ndarray) -> np.ndarray:
+    """A compact binary row: text ids right-padded with −1 to 64 slots, then the codes (text2image only)."""
+    text = np.full(BINARY_TEXT_LENGTH, -1, dtype=np.int64)
+    text[: len(text_ids)] = text_ids
+    return np.concatenate([text, np.asarray(codes, dtype=np.int64)])

@@ -23,22 +23,16 @@ from tqdm import tqdm
 
 import vqvae
 from common.errors import InputError, MissingInputError
-from data_utils.dataset_writers import BinaryWriter, LMDBWriter
+from data_utils import layouts
+from data_utils.dataset_writers import BinaryWriter, LMDBWriter, binary_row
 from data_utils.datasets import BINARY_TEXT_LENGTH
+from data_utils.layouts import LAYOUTS, check_codes_per_side, non_text_length
 from data_utils.unified_tokenizer import UnifiedTokenizer
-from preprocess.layouts import (
-    DEFAULT_MAX_SEQ_LEN,
-    LAYOUTS,
-    binary_row,
-    check_codes_per_side,
-    image2text_row,
-    non_text_length,
-    super_resolution_rows,
-    text2image_row,
-)
 from preprocess.sources import FolderImages, Record, ZipImages, read_captions, zip_records
 
 REPORT_HEADER = "origin\timage\treason"
+# The released models' sequence lengths (--max-position-embeddings; the SR model's finetuning length).
+DEFAULT_MAX_SEQ_LEN = {layouts.TEXT2IMAGE: 1089, layouts.IMAGE2TEXT: 1089, layouts.SUPER_RESOLUTION: 1345}
 
 
 class SettingsMismatchError(InputError):
@@ -54,7 +48,7 @@ class PreprocessConfig:
     captions: Path | None = None
     image_root: Path | None = None
     zip_path: Path | None = None
-    layout: str = "text2image"
+    layout: str = layouts.TEXT2IMAGE
     txt_tokenizer_path: Path | None = None
     encode_size: int = 32
     max_seq_len: int | None = None
@@ -129,7 +123,7 @@ class Preprocessor:
         if config.batch_size < 1:
             raise InputError(f"--batch-size must be at least 1, got {config.batch_size}.")
         self.binary = config.output.suffix == ".bin"
-        if self.binary and (config.layout != "text2image" or config.encode_size != 32):
+        if self.binary and (config.layout != layouts.TEXT2IMAGE or config.encode_size != 32):
             raise InputError(
                 "A .bin output holds the compact text2image format (32×32 codes); write an LMDB directory "
                 f"for --layout {config.layout} --encode-size {config.encode_size}."
@@ -198,11 +192,13 @@ class Preprocessor:
         layout = self.config.layout
         if self.binary:
             return [binary_row(text_ids, codes[0])], truncated
-        if layout == "text2image":
-            return [text2image_row(self.tokenizer, text_ids, codes[0])], truncated
-        if layout == "image2text":
-            return [image2text_row(self.tokenizer, text_ids, codes[0])], truncated
-        return super_resolution_rows(self.tokenizer, text_ids, codes[0], codes[1]), truncated
+        if layout == layouts.TEXT2IMAGE:
+            rows = [layouts.text2image(self.tokenizer, text_ids, codes[0])]
+        elif layout == layouts.IMAGE2TEXT:
+            rows = [layouts.image2text(self.tokenizer, codes[0], text_ids)]
+        else:
+            rows = layouts.super_resolution_rows(self.tokenizer, text_ids, codes[0], codes[1])
+        return [np.asarray(row, dtype=np.int64) for row in rows], truncated
 
     def run(self, on_commit: Callable[[int], None] | None = None) -> PreprocessSummary:
         """Process every record not yet committed, finish the output, and summarise.

@@ -14,7 +14,8 @@ import torch
 
 from common.errors import InputError
 from data_utils import UnifiedTokenizer
-from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError, QueryTooLongError
+from data_utils.layouts import SIZE_TOKENS
+from data_utils.unified_tokenizer import QueryError, QueryTooLongError, as_int_list
 from generation.filling import filling_sequence
 from model import GPT2Model
 
@@ -78,11 +79,6 @@ class TaskContext:
         return self.grid_side**2
 
     @property
-    def size_token(self) -> str:
-        """The size command of one image, e.g. ``[BASE]`` for 32×32 codes."""
-        return SIZE_TOKENS[self.grid_side]
-
-    @property
     def max_length(self) -> int:
         """The longest query the model takes: ``max(--max-position-embeddings, ...-finetune)``."""
         return max(self.args.max_position_embeddings, self.args.max_position_embeddings_finetune)
@@ -105,17 +101,34 @@ class TaskContext:
 
         A query too long for the model is refused while it is parsed, before its ``[MASK]*N`` is allocated.
         """
-        try:
-            ids = self.tokenizer.parse_query(
-                query, img_size=img_size or self.image_size, max_length=self.max_length
-            )
-        except QueryTooLongError as error:
-            raise self.too_long(error.length, at_least=True) from None
+        ids = self._parse_bounded(query, img_size or self.image_size)
         self.check_length(len(ids))
         return ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """The ids of a query's text field; as in the original's query strings, command names in it count.
+
+        A ``[MASK]*N`` in it that could never fit the model is refused before it is allocated.
+        """
+        return self._parse_bounded(text, self.image_size)
+
+    def _parse_bounded(self, query: str, img_size: int) -> list[int]:
+        try:
+            return self.tokenizer.parse_query(query, img_size=img_size, max_length=self.max_length)
+        except QueryTooLongError as error:
+            raise self.too_long(error.length, at_least=True) from None
+
+    def image_codes(self, path: str, img_size: int | None = None) -> list[int]:
+        """The VQ-VAE codes of the image at ``path`` read at ``img_size`` (default ``image_size``) pixels."""
+        image = self.tokenizer.read_img(path, img_size or self.image_size)
+        return as_int_list(self.tokenizer(image)[0])
+
     def fill(self, ids: Sequence[int]) -> torch.Tensor:
-        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``."""
+        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``.
+
+        A sequence longer than the model takes is refused first (:meth:`check_length`).
+        """
+        self.check_length(len(ids))
         return filling_sequence(
             self.model,
             ids,
