@@ -283,8 +283,11 @@ def test_post_selection_scores_each_image_in_input_order(ctx, images):
 
 
 def test_too_long_prompt_names_the_limit(ctx):
-    with pytest.raises(QueryError, match=r"is at least 1\d\d tokens long, but the model takes at most 128"):
+    with pytest.raises(QueryError, match=r"is 1\d\d tokens long, but the model takes at most 128"):
         TASKS["text2image"].run(ctx, ["一只猫" * 40])
+    for task in ("text2image", "post-selection"):  # a huge [MASK]*N in a text field: refused, not allocated
+        with pytest.raises(QueryError, match=r"is at least 10000000001 tokens long, but the model takes"):
+            TASKS[task].run(ctx, ["一只猫 [MASK]*9999999999", "unused.png"][: 1 + (task != "text2image")])
 
 
 # --- generate_samples.main ------------------------------------------------------------------------
@@ -299,7 +302,7 @@ def test_text2image_files_names_sizes_and_no_overwrite(tiny_cogview, tmp_path, c
     assert status == 1  # line 5 is too long
     (error,) = error_lines(stderr)
     assert re.fullmatch(
-        r"error: line 5: the query is at least \d+ tokens long, but the model takes at most 128 "
+        r"error: line 5: the query is \d+ tokens long, but the model takes at most 128 "
         r"\(--max-position-embeddings, --max-position-embeddings-finetune\); shorten the text",
         error,
     )
