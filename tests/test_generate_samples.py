@@ -744,6 +744,8 @@ def test_a_mask_longer_than_the_model_is_one_failed_query(tiny_cogview, tmp_path
 
 def test_the_tiny_model_tool_runs_the_readme_commands(tmp_path, capsys):
     assert make_tiny_cogview.main([str(tmp_path / "tiny")]) == 0
+    assert make_tiny_cogview.main([str(tmp_path / "tiny")]) == 1  # never written over
+    assert "tiny already exists and is not empty" in capsys.readouterr().err
     queries = tmp_path / "input.txt"
     queries.write_text("一只猫\n", encoding="utf-8")
     argv = shlex.split((tmp_path / "tiny" / "args.txt").read_text(encoding="utf-8"))

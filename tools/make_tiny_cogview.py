@@ -11,6 +11,8 @@ suite's end-to-end fixtures are made here too. ``args.txt`` holds the arguments 
 """
 
 import argparse
+import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,6 +22,8 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 import torch
 
 import vqvae
+from common.atomic_files import rename_into_place
+from common.errors import InputError
 from data_utils.sp_tokenizer import SentencePieceTokenizer
 from data_utils.unified_tokenizer import COMMAND_TOKENS
 from model import GPT2Model
@@ -70,13 +74,28 @@ def command_line(sizes: dict[str, int] = TINY_SIZES) -> list[str]:
 def make_tiny_cogview(folder: str | Path, seed: int = 0) -> dict:
     """Write ``{folder}/vqvae.pt``, ``{folder}/checkpoint/`` (released layout) and ``{folder}/args.txt``.
 
-    Returns ``{"checkpoint": dir, "vqvae": file, "args": size arguments}``; the arguments to pass are
-    ``--load {checkpoint} --img-tokenizer-path {vqvae}`` followed by ``args``.
+    ``folder`` must be new or empty; it is written under a temporary name and renamed at the end, so a
+    failure leaves nothing behind. Returns ``{"checkpoint": dir, "vqvae": file, "args": size arguments}``;
+    the arguments to pass are ``--load {checkpoint} --img-tokenizer-path {vqvae}`` followed by ``args``.
     """
     folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
+    if folder.is_file() or (folder.is_dir() and any(folder.iterdir())):
+        raise InputError(f"{folder} already exists and is not empty; choose a new folder")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+    try:
+        args = _write_tiny_cogview(staging, folder, seed)
+        rename_into_place(staging, folder)  # folder is absent or an empty directory, which rename replaces
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"checkpoint": folder / "checkpoint", "vqvae": folder / "vqvae.pt", "args": args}
+
+
+def _write_tiny_cogview(staging: Path, folder: Path, seed: int) -> list[str]:
+    """Write the files into ``staging``, naming their final place ``folder`` in ``args.txt``."""
+    staging.mkdir()
     torch.manual_seed(seed)
-    vqvae.save_vqvae(tiny_vqvae(), folder / "vqvae.pt")
+    vqvae.save_vqvae(tiny_vqvae(), staging / "vqvae.pt")
     num_tokens = TINY_IMAGE_CODES + SentencePieceTokenizer().num_tokens + len(COMMAND_TOKENS)
     model = GPT2Model(
         num_layers=TINY_SIZES["num_layers"],
@@ -90,11 +109,11 @@ def make_tiny_cogview(folder: str | Path, seed: int = 0) -> dict:
         max_memory_length=0,
         checkpoint_activations=False,
     )
-    save_checkpoint(model, folder / "checkpoint", ITERATION)
+    save_checkpoint(model, staging / "checkpoint", ITERATION)
     args = command_line()
     load = ["--load", str(folder / "checkpoint"), "--img-tokenizer-path", str(folder / "vqvae.pt")]
-    (folder / "args.txt").write_text(" ".join(load + args) + "\n", encoding="utf-8")
-    return {"checkpoint": folder / "checkpoint", "vqvae": folder / "vqvae.pt", "args": args}
+    (staging / "args.txt").write_text(" ".join(load + args) + "\n", encoding="utf-8")
+    return args
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -103,7 +122,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("folder", type=Path, help="where to write it (created)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    made = make_tiny_cogview(args.folder, args.seed)
+    try:
+        made = make_tiny_cogview(args.folder, args.seed)
+    except (InputError, OSError) as error:
+        print(f"make_tiny_cogview: error: {error}", file=sys.stderr)
+        return 1
     print(f"wrote {made['checkpoint']} and {made['vqvae']}; arguments in {args.folder / 'args.txt'}")
     return 0
 
