@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import mpu
-from common.atomic_files import atomic_torch_save, atomic_write_text
 from model import GPT2Model, load_checkpoint, save_checkpoint
 from model import checkpoint as checkpoint_module
 from model.partition import shard_state_dict
@@ -81,16 +80,18 @@ def _on_rank(rank: int, world_size: int, full_state: dict, folder: Path) -> dict
     mpu.destroy_model_parallel()
     mpu.initialize_model_parallel(1)  # the same two processes as two data-parallel replicas
     writes = []
+    save_file, write_text = checkpoint_module.atomic_torch_save, checkpoint_module.atomic_write_text
 
-    def recording(write):
-        def recording_write(first, second):  # (payload, path) for torch.save, (path, text) for the tracker
-            writes.append(Path(second if write is atomic_torch_save else first).name)
-            return write(first, second)
+    def recording_save(payload, path):
+        writes.append(Path(path).name)
+        return save_file(payload, path)
 
-        return recording_write
+    def recording_write_text(path, text):
+        writes.append(Path(path).name)
+        return write_text(path, text)
 
-    checkpoint_module.atomic_torch_save = recording(atomic_torch_save)
-    checkpoint_module.atomic_write_text = recording(atomic_write_text)
+    checkpoint_module.atomic_torch_save = recording_save
+    checkpoint_module.atomic_write_text = recording_write_text
     saved = build(full_state)
     save_checkpoint(saved, folder, 3)
     loaded = new_model()
