@@ -1,4 +1,4 @@
-"""Generate with CogView: text → image, image → text, super-resolution, post-selection, raw queries (§8).
+"""Generate with CogView: text → image, image → text, super-resolution, post-selection, raw queries.
 
     python generate_samples.py --generation-task text2image --input-source input.txt --top_k 200 \\
         --load pretrained/cogview/cogview-base --num-layers 48 --hidden-size 2560 --num-attention-heads 40 \\
@@ -21,7 +21,6 @@ import mpu
 from arguments import get_args
 from common.errors import InputError
 from common.output_folders import check_writable_folder
-from generation.filling import batch_chunks
 from generation.inputs import Slot, file_slots, interactive_queries, read_query_file, shared_queries
 from generation.outputs import ImageWriter
 from generation.results import ResultsFile
@@ -34,7 +33,7 @@ from generation.runtime import (
     model_dtype,
     set_random_seed,
 )
-from generation.sampling import check_sampling_options
+from generation.sampling import SamplingConfig
 from generation.tasks import TASKS, TaskContext
 from generation.tasks.base import code_grid_side
 from generation.tasks.runner import RunSummary, as_slots, run_queries
@@ -84,8 +83,7 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
     """
     task = TASKS[args.generation_task]
     try:
-        check_sampling_options(args.temperature, args.top_k, args.top_p)
-        batch_chunks(args.batch_size, args.max_inference_batch_size)  # both at least 1
+        SamplingConfig.of(args)  # checks the sampling options and batch sizes
         check_weights(args)
         slots, total = read_slots(args)
         check_writable_folder(args.output_path, f"--output-path {args.output_path}")
