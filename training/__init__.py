@@ -14,5 +14,6 @@
 | `checkpointing` | save and resume (model, optimizer, schedule, RNG, data position) |
 | `optimizer_state` | optimizer state by parameter name (resume on another data-parallel size or ZeRO stage) |
 | `errors` | the error for training arguments that cannot run together |
+| `timing` | timers that may be None, as the original's functions allow |
 | `loop` | the training loop: logging, evaluation, saving, exit interval, new-dataset hot loading |
 """

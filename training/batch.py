@@ -16,6 +16,7 @@ import torch
 import mpu
 from common.errors import InputError
 from data_utils import get_tokenizer
+from training.timing import timer_or_null
 
 BATCH_KEYS = ["text", "loss_mask"]
 
@@ -90,11 +91,9 @@ def get_batch(
     Only model-parallel rank 0 reads `data_iterator`; the others receive its batch. Under fp16 the
     attention mask is halved, as the original.
     """
-    if timers is not None:
-        timers("data loader").start()
+    timer_or_null(timers, "data loader").start()
     data = next(data_iterator) if data_iterator is not None else None
-    if timers is not None:
-        timers("data loader").stop()
+    timer_or_null(timers, "data loader").stop()
     data_b = mpu.broadcast_data(BATCH_KEYS, data, torch.int64)
     device = torch.device(args.device) if getattr(args, "device", None) else data_b["text"].device
     text = data_b["text"].to(device)

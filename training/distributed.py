@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import mpu
+from common.devices import process_device
 from training.errors import TrainingSetupError
 
 DEFAULT_MASTER_ADDR = "127.0.0.1"
@@ -67,12 +68,10 @@ def ensure_launcher_env(args: argparse.Namespace) -> None:
 
 def training_device(args: argparse.Namespace) -> torch.device:
     """The CUDA device of this process's local rank when `--device` is CUDA, else the CPU."""
-    device = torch.device(args.device)
-    if device.type != "cuda":
-        return torch.device("cpu")
-    index = device.index if device.index is not None else args.local_rank % torch.cuda.device_count()
-    torch.cuda.set_device(index)
-    return torch.device("cuda", index)
+    device = process_device(args.device, args.local_rank or 0)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    return device
 
 
 def skip_deepspeed_shm_build() -> None:
@@ -120,9 +119,3 @@ def shutdown_distributed() -> None:
         dist.barrier()
         dist.destroy_process_group()
     mpu.destroy_model_parallel()
-
-
-def print_rank_0(message: str) -> None:
-    """Print on global rank 0 only (every rank before the process group exists)."""
-    if not dist.is_initialized() or dist.get_rank() == 0:
-        print(message, flush=True)

@@ -11,6 +11,7 @@ import torch.distributed as dist
 
 from arguments import get_args
 from common.errors import InputError
+from common.timers import Timers
 from data_utils import make_loaders
 from generation.runtime import build_tokenizer
 from training import report
@@ -24,7 +25,6 @@ from training.distributed import (
 )
 from training.engine import set_vocab_sizes, setup_model_and_optimizer
 from training.loop import Loaders, cycle, evaluate_and_print_results, set_data_position, train
-from training.timers import Timers
 
 
 def set_experiment_name(args: argparse.Namespace) -> None:

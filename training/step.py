@@ -17,12 +17,12 @@ import torch.distributed as dist
 from torch import nn
 
 import mpu
+from common.process_env import print_rank_0
 from learning_rates import AnnealingLR
 from training.batch import get_batch
-from training.distributed import print_rank_0
 from training.engine import unwrap
 from training.loss import LossParts, is_finite_loss, lm_loss, token_classes
-from training.timers import timer_or_null
+from training.timing import timer_or_null
 
 
 def is_deepspeed_engine(model: nn.Module) -> bool:
