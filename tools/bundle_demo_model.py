@@ -64,7 +64,7 @@ def bundle(args: argparse.Namespace) -> Path:
     if missing:
         raise InputError(f"{args.bundle} lacks the tokenizer {missing[0]}; bundle the tokenizers first.")
     tokenizer = UnifiedTokenizer(
-        args.bundle / TOKENIZERS[1], "cpu", args.image_size, txt_tokenizer_path=args.bundle / TOKENIZERS[0]
+        args.bundle / TOKENIZERS[1], "cpu", txt_tokenizer_path=args.bundle / TOKENIZERS[0]
     )
     target = args.bundle / MODEL_FOLDER
     staging = args.bundle / f".{MODEL_FOLDER}.new-{os.getpid()}"
