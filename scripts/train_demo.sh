@@ -61,13 +61,16 @@ stage "text tokenizer → $text_model"
 
 vqvae_model="$work/tokenizers/vqvae_demo.pt"
 stage "image tokenizer (${image_size} px → ${grid}×${grid} codes) → $vqvae_model"
-resume=()
-[ -f "$vqvae_model.train-state" ] && resume=(--resume)  # continues the run; a no-op once finished
-"$python" tools/train_vqvae.py --images "$work/train/images" --output "$vqvae_model" "${resume[@]}" \
-  --image-size "$image_size" --stride "$stride" --channel "${DEMO_VQ_CHANNEL:-128}" \
-  --embed-dim "${DEMO_VQ_EMBED_DIM:-32}" --n-embed "${DEMO_VQ_CODES:-512}" \
-  --batch-size "${DEMO_VQ_BATCH:-64}" --lr "${DEMO_VQ_LR:-1e-3}" --steps "${DEMO_VQ_STEPS:-1600}" \
-  --save-interval "${DEMO_VQ_SAVE_INTERVAL:-100}" --workers 0
+if [ ! -f "$vqvae_model.done" ]; then  # marks a finished training (the model file is saved along the way)
+  resume=()
+  [ -f "$vqvae_model.train-state" ] && resume=(--resume)  # continues an interrupted run
+  "$python" tools/train_vqvae.py --images "$work/train/images" --output "$vqvae_model" "${resume[@]}" \
+    --image-size "$image_size" --stride "$stride" --channel "${DEMO_VQ_CHANNEL:-128}" \
+    --embed-dim "${DEMO_VQ_EMBED_DIM:-32}" --n-embed "${DEMO_VQ_CODES:-512}" \
+    --batch-size "${DEMO_VQ_BATCH:-64}" --lr "${DEMO_VQ_LR:-1e-3}" --steps "${DEMO_VQ_STEPS:-1600}" \
+    --save-interval "${DEMO_VQ_SAVE_INTERVAL:-100}" --workers 0
+  touch "$vqvae_model.done"
+fi
 
 classifier="$work/tokenizers/animal_classifier.pt"
 stage "animal classifier → $classifier"
