@@ -13,8 +13,8 @@
 #   DEMO_VQ_CODES [512] DEMO_VQ_STEPS [1600] DEMO_VQ_BATCH [64] DEMO_VQ_LR [1e-3]   image tokenizer
 #   DEMO_VQ_SAVE_INTERVAL [100]    VQ-VAE steps between saves (how much an interruption can lose)
 #   DEMO_CLASSIFIER_EPOCHS [5]
-#   DEMO_GPT_LAYERS [6] DEMO_GPT_HIDDEN [192] DEMO_GPT_HEADS [6] DEMO_GPT_BATCH [32]
-#   DEMO_GPT_ITERS [3500] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [100]   the GPT and its training
+#   DEMO_GPT_LAYERS [6] DEMO_GPT_HIDDEN [192] DEMO_GPT_HEADS [6] DEMO_GPT_BATCH [16]
+#   DEMO_GPT_ITERS [4000] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [100]   the GPT and its training
 #   DEMO_GPT_EVAL_INTERVAL [500] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
 # The DEMO_* settings of a run are kept in $DEMO_WORK/settings.txt; a rerun with other settings stops
 # (use another DEMO_WORK), so no stage is ever skipped for an output made with different settings.
@@ -104,7 +104,7 @@ gpt_heads="${DEMO_GPT_HEADS:-6}"
 gpt_positions=$(( grid * grid + 24 ))
 gpt_architecture=(--num-layers "$gpt_layers" --hidden-size "$gpt_hidden" --num-attention-heads "$gpt_heads"
   --max-position-embeddings "$gpt_positions")
-gpt_iters="${DEMO_GPT_ITERS:-3500}"
+gpt_iters="${DEMO_GPT_ITERS:-4000}"
 gpt_save="$work/gpt"
 # pretrain_gpt2.py saves to {--save}/{--experiment-name}{timestamp}; a rerun continues the newest run
 # that has a checkpoint (its tracker file).
@@ -118,8 +118,8 @@ if [ -z "$gpt_run" ] || [ "$(cat "$gpt_run/latest_checkpointed_iteration.txt")" 
     --train-data "$work/lmdb/demo_train_t2i.lmdb" "$work/lmdb/demo_train_i2t.lmdb" --split 1000,0,0 \
     --valid-data "$work/lmdb/demo_test_t2i.lmdb" "$work/lmdb/demo_test_i2t.lmdb" \
     --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
-    --batch-size "${DEMO_GPT_BATCH:-32}" --train-iters "$gpt_iters" --lr "${DEMO_GPT_LR:-1e-3}" \
-    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --hidden-dropout 0 --attention-dropout 0 \
+    --batch-size "${DEMO_GPT_BATCH:-16}" --train-iters "$gpt_iters" --lr "${DEMO_GPT_LR:-1e-3}" \
+    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.03 --hidden-dropout 0 --attention-dropout 0 \
     --save "$gpt_save" --experiment-name demo_gpt --save-interval "${DEMO_GPT_SAVE_INTERVAL:-100}" \
     --eval-interval "${DEMO_GPT_EVAL_INTERVAL:-500}" --eval-iters "${DEMO_GPT_EVAL_ITERS:-10}" \
     --log-interval 10 --num-workers 1
