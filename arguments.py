@@ -7,7 +7,6 @@ parse. Additions and changes say "(added)" or "(changed)" in their help.
 """
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -355,8 +354,9 @@ def _add_sparse_args(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--num-pivot", type=int, default=768, help="pivot tokens of sparse attention")
 
 
-# The DeepSpeed arguments of DeepSpeed 0.4, which the original relied on. Current DeepSpeed adds the first
-# four itself but no longer `--deepspeed_mpi`; without DeepSpeed all five are added here.
+# The DeepSpeed arguments of DeepSpeed 0.4, which the original relied on. They are defined here rather than by
+# `deepspeed.add_config_arguments`, which defines the same first four: importing DeepSpeed takes seconds and
+# prints an accelerator warning on stdout, too much for parsing a command line or printing --help.
 _DEEPSPEED_ARGS: dict[str, dict] = {
     "--deepspeed": {"action": "store_true", "help": "enable DeepSpeed"},
     "--deepspeed_config": {"type": str, "default": None, "help": "DeepSpeed JSON configuration file"},
@@ -367,16 +367,9 @@ _DEEPSPEED_ARGS: dict[str, dict] = {
 
 
 def _add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
-    try:
-        import deepspeed
-    except ImportError:
-        pass
-    else:
-        deepspeed.add_config_arguments(parser)
     group = parser.add_argument_group("DeepSpeed (compatibility)", "DeepSpeed arguments of the original")
     for flag, options in _DEEPSPEED_ARGS.items():
-        with contextlib.suppress(argparse.ArgumentError):  # already added by DeepSpeed
-            group.add_argument(flag, **options)
+        group.add_argument(flag, **options)
 
 
 def parse_device(value: str) -> str:

@@ -34,8 +34,8 @@ class OutputExistsError(FileExistsError):
     """The output path already holds a finished dataset."""
 
 
-class WriterBusyError(RuntimeError):
-    """Another process is writing the same output."""
+class WriterBusyError(OSError):
+    """Another process is writing the same output (it holds the output's lock)."""
 
 
 class PartialOutputError(ValueError):
@@ -55,10 +55,10 @@ def _fsync_write(path: Path, data: bytes) -> None:
 class _ResumableWriter:
     """Common part: the partial path, the exists check and the inter-process lock."""
 
-    def __init__(self, path: str | os.PathLike):
+    def __init__(self, path: str | os.PathLike, overwrite: bool = False):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
-        if self.path.exists():
+        if self.path.exists() and not overwrite:
             raise OutputExistsError(f"{self.path} already exists; delete it or choose another output path.")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = FileLock(str(self.partial) + ".lock")
@@ -66,8 +66,11 @@ class _ResumableWriter:
             self._lock.acquire(timeout=0)
         except Timeout:
             raise WriterBusyError(
-                f"Another process is writing {self.path} (it holds {self._lock.lock_file})."
+                f"Another process is writing {self.path} (it holds {self._lock.lock_file}); wait for it to "
+                "finish or stop it (a rerun then resumes its work)."
             ) from None
+        if overwrite:  # only now: the lock keeps another writer's output from being deleted under it
+            delete_output(self.path, keep_lock=True)
         self.num_rows = 0
         self.num_log_lines = 0
         self.state: dict[str, Any] | None = None  # the caller's state at the last commit; None when fresh
@@ -92,8 +95,8 @@ class _ResumableWriter:
 class LMDBWriter(_ResumableWriter):
     """Appends pickled rows under keys '0', '1', … of a CogView LMDB; one LMDB transaction per commit."""
 
-    def __init__(self, path: str | os.PathLike, map_size: int = 1 << 40):
-        super().__init__(path)
+    def __init__(self, path: str | os.PathLike, map_size: int = 1 << 40, overwrite: bool = False):
+        super().__init__(path, overwrite)
         self.env = lmdb.open(str(self.partial), map_size=map_size, subdir=True)
         with self.env.begin() as txn:
             raw_state = txn.get(_STATE_KEY)
@@ -159,8 +162,13 @@ class BinaryWriter(_ResumableWriter):
     truncates both files back to that, discarding anything a crash left behind.
     """
 
-    def __init__(self, path: str | os.PathLike, length_per_sample: int = BINARY_TEXT_LENGTH + 1024):
-        super().__init__(path)
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        length_per_sample: int = BINARY_TEXT_LENGTH + 1024,
+        overwrite: bool = False,
+    ):
+        super().__init__(path, overwrite)
         self.length_per_sample = length_per_sample
         self.row_bytes = 4 * length_per_sample
         self.state_file = self.partial.with_name(self.partial.name + ".json")
@@ -235,8 +243,12 @@ class BinaryWriter(_ResumableWriter):
         super().close()
 
 
-def delete_output(path: str | os.PathLike) -> None:
-    """Remove a finished or partial output of either writer, with its bookkeeping files."""
+def delete_output(path: str | os.PathLike, keep_lock: bool = False) -> None:
+    """Remove a finished or partial output of either writer, with its bookkeeping files.
+
+    ``keep_lock``: leave the lock file, which the caller holds (removing a held lock file would let another
+    process lock a new one and write at the same time).
+    """
     path = Path(path)
     partial = path.with_name(path.name + ".partial")
     for target in (path, partial):
@@ -244,7 +256,7 @@ def delete_output(path: str | os.PathLike) -> None:
             shutil.rmtree(target)
         else:
             target.unlink(missing_ok=True)
-    for suffix in (".json", ".log", ".lock"):
+    for suffix in (".json", ".log") if keep_lock else (".json", ".log", ".lock"):
         partial.with_name(partial.name + suffix).unlink(missing_ok=True)
 
 

@@ -23,6 +23,7 @@ import lmdb
 import numpy as np
 from torch.utils.data import Dataset
 
+from data_utils.lmdb_file import LMDBFileError, check_lmdb_file
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import UnifiedTokenizer, get_tokenizer
 
@@ -81,6 +82,10 @@ def open_lmdb(path: str | os.PathLike) -> lmdb.Environment:
     identity = (data.stat().st_dev, data.stat().st_ino)
     env = _READ_ENVS.get(identity)
     if env is None:
+        try:
+            check_lmdb_file(data)  # LMDB itself would map a truncated file and die of SIGBUS on reading
+        except LMDBFileError as error:
+            raise DatasetFormatError(f"Cannot open LMDB {path}: {error}.") from None
         try:
             env = lmdb.open(
                 str(path), max_readers=32, readonly=True, lock=False, readahead=False, meminit=False

@@ -10,6 +10,7 @@ from data_utils import get_tokenizer
 from generation.filling import position_ids
 from generation.sampling import Tokenizer
 from model import GPT2Model
+from model.partition import mask_model_parallel_padding
 
 
 def text_start(row: Sequence[int], tokenizer: Tokenizer) -> int:
@@ -33,13 +34,16 @@ def inverse_prompt_score(
     model: GPT2Model,
     seqs: torch.Tensor | Sequence[Sequence[int]],
     tokenizer: Tokenizer | None = None,
+    make_vocab_size_divisible_by: int = 128,
 ) -> torch.Tensor:
     """Scores ``[b]``: per row of ``seqs``, the sum over its text of log p(token | image, previous text).
 
     ``seqs`` ``[b, L]`` holds ``[BASE] [BOI1] image [EOI1] [ROI1] text`` rows (one candidate image each, the
     same text). One full forward; as in the original, image ids are excluded from the prediction
-    (their logits set to −inf) and the log-softmax runs over the whole (padded) vocabulary. The sum is not
-    length-normalised, which does not change the ranking of rows sharing a text.
+    (their logits set to −inf) and the log-softmax runs over the vocabulary padded as at model-parallel
+    size 1 (``make_vocab_size_divisible_by``, the model's padding multiple), so the scores do not depend
+    on the model-parallel size. The sum is not length-normalised, which does not change the ranking of
+    rows sharing a text.
     """
     tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
     device = model.word_embeddings.weight.device
@@ -64,6 +68,7 @@ def inverse_prompt_score(
         if model.parallel_output and mpu.get_model_parallel_world_size() > 1:
             logits = mpu.gather_from_model_parallel_region(logits)
         logits = logits[:, :-1].float()  # [b, L-1, V]: the prediction of tokens 1..L-1
+        logits = mask_model_parallel_padding(logits, len(tokenizer), make_vocab_size_divisible_by)
         logits[..., : tokenizer.num_image_tokens] = -float("inf")
         log_probs = F.log_softmax(logits, dim=-1).gather(-1, tokens[:, 1:, None]).squeeze(-1)  # [b, L-1]
         predicted = torch.arange(1, length, device=device)  # the position of each target token

@@ -15,6 +15,7 @@ checkpoint.
 import os
 import pickle
 import re
+import shutil
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -110,10 +111,26 @@ def _numpy_safe_globals() -> list:
     ]
 
 
-def _refused_global(message: str) -> str | None:
-    """The object that ``weights_only`` loading refused, if that is why it failed (else it is corruption)."""
-    match = re.search(r"Unsupported global: GLOBAL (\S+)|but got <class '([^']+)'>", message)
-    return next(name for name in match.groups() if name) if match else None
+# How torch's weights-only unpickler names what it refused, across torch versions: an unknown global, a
+# global of a blocked module (os.system, the usual payload of a malicious pickle), or a disallowed class.
+_REFUSED_PATTERNS = (
+    r"Unsupported global: GLOBAL (\S+)",
+    r"unsupported GLOBAL (\S+) whose module",
+    r"but got <class '([^']+)'>",
+)
+
+
+def refused_global(error: BaseException) -> str | None:
+    """The object that ``weights_only`` loading refused, if that is why ``error`` was raised (else None).
+
+    A refusal means the file is whole but holds pickled objects beyond tensors (a Namespace, or code to
+    run), which needs a different message from a truncated or corrupt file.
+    """
+    for pattern in _REFUSED_PATTERNS:
+        match = re.search(pattern, str(error))
+        if match:
+            return match.group(1)
+    return None
 
 
 def read_shard(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> dict[str, Any]:
@@ -131,7 +148,7 @@ def read_shard(path: str | os.PathLike, *, trust_checkpoint: bool = False) -> di
                 path, map_location="cpu", weights_only=not trust_checkpoint, mmap=zipfile.is_zipfile(path)
             )
     except (pickle.UnpicklingError, EOFError, OSError, RuntimeError, ValueError) as error:
-        refused = _refused_global(str(error))
+        refused = refused_global(error)
         if refused is not None:
             raise CheckpointError(
                 f"{path} holds a pickled {refused}, which safe loading refuses; pass trust_checkpoint=True "
@@ -203,10 +220,42 @@ def _local_state(folder: Path, model_state: Mapping[str, torch.Tensor], trust: b
     return normalize_keys(read_shard(path, trust_checkpoint=trust)["module"]), path
 
 
+POSITION_KEY = "transformer.position_embeddings.weight"  # [max_position_embeddings, hidden_size]
+_LAYER_KEY = re.compile(r"transformer\.layers\.(\d+)\.")
+
+
+def _sizes(state: Mapping[str, torch.Tensor]) -> dict[str, int]:
+    """The model sizes a state dict shows: layers, hidden size and positions (not the head count)."""
+    layers = {int(match.group(1)) for key in state if (match := _LAYER_KEY.match(key))}
+    sizes = {"--num-layers": max(layers) + 1 if layers else 0}
+    if POSITION_KEY in state and state[POSITION_KEY].dim() == 2:
+        sizes["--max-position-embeddings"], sizes["--hidden-size"] = state[POSITION_KEY].shape
+    return sizes
+
+
+def _check_model_size(
+    state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], path: Path
+) -> None:
+    """Name the size argument that differs, instead of hundreds of missing keys or wrong shapes."""
+    found, expected = _sizes(state), _sizes(model_state)
+    for flag, what in (
+        ("--num-layers", "{} layers"),
+        ("--hidden-size", "hidden size {}"),
+        ("--max-position-embeddings", "{} position embeddings"),
+    ):
+        if flag in found and flag in expected and found[flag] != expected[flag]:
+            raise CheckpointError(
+                f"{path}: the checkpoint has {what.format(found[flag])}, the model {expected[flag]}: "
+                f"pass {flag} {found[flag]}"
+            )
+
+
 def _check_against_model(
     state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor], path: Path, strict: bool
 ) -> None:
-    """One clear error for the first missing key, unexpected key (when ``strict``) or wrong shape."""
+    """One clear error: a model size that differs, else the first missing key, unexpected key (when
+    ``strict``) or wrong shape."""
+    _check_model_size(state, model_state, path)
     if strict:
         missing = [key for key in model_state if key not in state]
         unexpected = [key for key in state if key not in model_state]
@@ -260,9 +309,14 @@ def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except BaseException:
         temporary.unlink(missing_ok=True)
         raise
-    directory = os.open(path.parent, os.O_RDONLY)
+    _fsync_directory(path.parent)
+
+
+def _fsync_directory(folder: Path) -> None:
+    """Make the renames inside ``folder`` durable."""
+    directory = os.open(folder, os.O_RDONLY)
     try:
-        os.fsync(directory)  # make the rename itself durable
+        os.fsync(directory)
     finally:
         os.close(directory)
 
@@ -323,7 +377,8 @@ def reshard_checkpoint(
 
     Merges all shards (stride-3 QKV, row and column splits), pads or cuts the vocabulary to what a model at
     ``target_mp`` allocates (rows from ``num_tokens`` on are padding), splits, and writes the same iteration
-    folder and then the tracker. Only entries that mean the same at any layout are carried over
+    folder and the tracker under a temporary name that becomes ``dst`` at the end (``dst`` must be new or
+    empty; on failure nothing is left). Only entries that mean the same at any layout are carried over
     (``iteration``, learning-rate schedule, step counters); optimizer and RNG states are dropped. Whether
     the attention heads divide by ``target_mp`` cannot be read from the file: check that yourself.
     Returns the new iteration folder; ``log`` receives one progress line per shard.
@@ -331,14 +386,17 @@ def reshard_checkpoint(
     src, dst = Path(src), Path(dst)
     if target_mp < 1:
         raise CheckpointError(f"target model-parallel size must be at least 1, got {target_mp}")
+    if num_tokens < 1:
+        raise CheckpointError(
+            f"the number of real tokens (--num-tokens) must be at least 1, got {num_tokens}"
+        )
     iteration = read_tracker(src)
     if dst.resolve() == src.resolve():
         raise CheckpointError(
             f"destination {dst} is the source directory; write the resharded copy elsewhere"
         )
-    out_folder = dst / iteration
-    if out_folder.is_dir() and any(_SHARD_PATTERN.fullmatch(f.name) for f in out_folder.iterdir()):
-        raise CheckpointError(f"{out_folder} already holds model-states files; choose an empty destination")
+    if dst.is_file() or (dst.is_dir() and any(dst.iterdir())):
+        raise CheckpointError(f"destination {dst} already exists and is not empty; choose a new directory")
 
     files = _shard_files(src / iteration)
     payloads = []
@@ -350,7 +408,9 @@ def reshard_checkpoint(
         merged = merge_state_dicts([payload["module"] for payload in payloads], names=[str(f) for f in files])
         if EMBEDDING_KEY in merged and merged[EMBEDDING_KEY].size(0) < num_tokens:
             raise PartitionError(
-                f"{EMBEDDING_KEY} has {merged[EMBEDDING_KEY].size(0)} rows, fewer than {num_tokens} tokens"
+                f"{EMBEDDING_KEY} has {merged[EMBEDDING_KEY].size(0)} rows, fewer than {num_tokens} tokens; "
+                "pass --num-tokens with the size of the model's vocabulary (len() of its tokenizer; "
+                f"the default {COGVIEW_NUM_TOKENS} is the released models')"
             )
         merged = resize_vocab(merged, padded_vocab_size(num_tokens, target_mp), num_tokens)
         check_divisible(merged, target_mp)
@@ -364,12 +424,25 @@ def reshard_checkpoint(
         log(f"not carried over (they belong to one rank of the old layout): {', '.join(dropped)}")
     del payloads
 
-    out_folder.mkdir(parents=True, exist_ok=True)
-    for rank in range(target_mp):
-        payload = {**kept, "mp_world_size": target_mp, "module": shard_state_dict(merged, target_mp, rank)}
-        path = out_folder / shard_filename(rank)
-        _atomic_write(path, lambda file, payload=payload: torch.save(payload, file))
-        log(f"wrote {path} ({rank + 1}/{target_mp})")
-    tracker = write_tracker(dst, iteration)
-    log(f"wrote {tracker} -> {iteration}")
-    return out_folder
+    # The whole destination is written under a hidden name beside it and renamed at the end, so a failure
+    # or an interruption leaves nothing behind that would block a rerun or pass for a checkpoint.
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    staging = dst.with_name(f".{dst.name}.partial-{os.getpid()}")
+    try:
+        (staging / iteration).mkdir(parents=True)
+        for rank in range(target_mp):
+            payload = {
+                **kept,
+                "mp_world_size": target_mp,
+                "module": shard_state_dict(merged, target_mp, rank),
+            }
+            path = staging / iteration / shard_filename(rank)
+            _atomic_write(path, lambda file, payload=payload: torch.save(payload, file))
+            log(f"wrote {dst / iteration / shard_filename(rank)} ({rank + 1}/{target_mp})")
+        write_tracker(staging, iteration)
+        os.replace(staging, dst)  # dst is absent or an empty directory, which rename replaces
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    _fsync_directory(dst.parent)
+    log(f"wrote {dst / TRACKER_FILENAMES[0]} -> {iteration}")
+    return dst / iteration

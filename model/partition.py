@@ -66,6 +66,27 @@ def padded_vocab_size(num_tokens: int, model_parallel_size: int, multiple: int =
     return -(-num_tokens // step) * step
 
 
+def mask_model_parallel_padding(
+    logits: torch.Tensor, num_tokens: int, multiple: int = 128, first_id: int = 0
+) -> torch.Tensor:
+    """``logits`` ``[..., n]`` with the ids that exist only because of model-parallel padding set to −inf.
+
+    ``logits[..., k]`` is the logit of id ``first_id + k``: ``first_id`` is 0 for gathered logits, the
+    shard's first id for a vocab-parallel shard (``rank * n``), or the start of a ``vocab_range``. Ids
+    from ``padded_vocab_size(num_tokens, 1, multiple)`` on are masked; the MP=1 padding rows stay, as
+    in the original. Every softmax over the vocabulary (scores, the training loss) goes through this so
+    its result does not depend on how the model is split: 58219 tokens make 58240 rows at p = 1 but
+    58368 at p = 2, and the 128 extra rows would otherwise join the normalisation.
+
+    Out of place (autograd-safe); returns ``logits`` itself when no column is padding.
+    """
+    kept = padded_vocab_size(num_tokens, 1, multiple)
+    if first_id + logits.size(-1) <= kept:
+        return logits
+    ids = torch.arange(first_id, first_id + logits.size(-1), device=logits.device)
+    return logits.masked_fill(ids >= kept, -float("inf"))
+
+
 def normalize_keys(state_dict: Mapping[str, torch.Tensor]) -> StateDict:
     """A copy of ``state_dict`` with SAT's embedding key renamed to the original's spelling."""
     if SAT_EMBEDDING_KEY not in state_dict:

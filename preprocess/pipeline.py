@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import vqvae
-from data_utils.dataset_writers import BinaryWriter, LMDBWriter, delete_output
+from data_utils.dataset_writers import BinaryWriter, LMDBWriter
 from data_utils.datasets import BINARY_TEXT_LENGTH
 from data_utils.unified_tokenizer import UnifiedTokenizer
 from preprocess.layouts import (
@@ -172,11 +172,14 @@ class Preprocessor:
         return read_captions(config.captions), FolderImages(root)
 
     def _open_writer(self) -> LMDBWriter | BinaryWriter:
-        output = self.config.output
-        if self.config.overwrite:
-            delete_output(output)
+        output, overwrite = self.config.output, self.config.overwrite
+        writer = (
+            BinaryWriter(output, overwrite=overwrite)
+            if self.binary
+            else LMDBWriter(output, overwrite=overwrite)
+        )
+        if overwrite:
             report_path(output).unlink(missing_ok=True)
-        writer = BinaryWriter(output) if self.binary else LMDBWriter(output)
         if writer.state is not None and writer.state["settings"] != self.settings:
             changed = sorted(k for k in self.settings if writer.state["settings"].get(k) != self.settings[k])
             writer.close()

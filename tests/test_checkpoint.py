@@ -24,6 +24,7 @@ from model.partition import EMBEDDING_KEY, SAT_EMBEDDING_KEY, padded_vocab_size
 NUM_TOKENS = 300  # padded to 384 rows at model-parallel size 1 and to 512 at size 2
 SHARD = "mp_rank_00_model_states.pt"
 TRACKER = "latest_checkpointed_iteration.txt"
+TINY_SIZES = {"num_layers": 2, "hidden_size": 32, "num_attention_heads": 4, "max_sequence_length": 16}
 
 
 def tiny_model(
@@ -35,17 +36,14 @@ def tiny_model(
     """A 2-layer, hidden-32, 4-head CogView GPT; ``perturb`` makes every tensor (LayerNorms too) distinct."""
     torch.manual_seed(seed)
     model = GPT2Model(
-        num_layers=2,
         vocab_size=vocab_size,
-        hidden_size=32,
-        num_attention_heads=4,
         embedding_dropout_prob=0.0,
         attention_dropout_prob=0.0,
         output_dropout_prob=0.0,
-        max_sequence_length=16,
         max_memory_length=0,
         checkpoint_activations=False,
         parallel_output=parallel_output,
+        **TINY_SIZES,
     )
     if perturb:
         with torch.no_grad():
@@ -222,8 +220,8 @@ def _reshaped(key: str, shape: tuple[int, ...]):
     return lambda module: {k: (torch.zeros(shape) if k == key else v) for k, v in module.items()}
 
 
-POS_KEY = "transformer.position_embeddings.weight"
 QKV_BIAS = "transformer.layers.1.attention.query_key_value.bias"
+DENSE_KEY = "transformer.layers.0.attention.dense.weight"
 
 
 @pytest.mark.parametrize(
@@ -236,9 +234,9 @@ QKV_BIAS = "transformer.layers.1.attention.query_key_value.bias"
             rf"{SHARD} has unexpected key 'extra.weight'",
         ),
         (
-            _reshaped(POS_KEY, (8, 32)),
+            _reshaped(DENSE_KEY, (32, 8)),
             CheckpointError,
-            rf"{SHARD}: key '{POS_KEY}' has shape \[8, 32\] in the checkpoint but \[16, 32\] in the model$",
+            rf"{SHARD}: key '{DENSE_KEY}' has shape \[32, 8\] in the checkpoint but \[32, 32\] in the model$",
         ),
         (
             _reshaped(EMBEDDING_KEY, (512, 32)),
@@ -255,6 +253,53 @@ def test_bad_state_dict_gives_one_line_error(tmp_path, model, edit_module, error
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize(
+    ("sizes", "message"),
+    [
+        ({"num_layers": 3}, "the checkpoint has 2 layers, the model 3: pass --num-layers 2"),
+        ({"hidden_size": 64}, "the checkpoint has hidden size 32, the model 64: pass --hidden-size 32"),
+        (
+            {"max_sequence_length": 32},
+            "the checkpoint has 16 position embeddings, the model 32: pass --max-position-embeddings 16",
+        ),
+    ],
+    ids=["layers", "hidden", "positions"],
+)
+def test_wrong_model_size_names_the_argument(tmp_path, model, sizes, message):
+    save_checkpoint(model, tmp_path, 5)
+    options = {**TINY_SIZES, **sizes}
+    torch.manual_seed(0)
+    other = GPT2Model(
+        vocab_size=padded_vocab_size(NUM_TOKENS, 1),
+        embedding_dropout_prob=0.0,
+        attention_dropout_prob=0.0,
+        output_dropout_prob=0.0,
+        max_memory_length=0,
+        checkpoint_activations=False,
+        **options,
+    )
+    with pytest.raises(CheckpointError, match=rf"{SHARD}: {message}$"):
+        load_checkpoint(other, tmp_path)
+
+
+class _RunsCode:
+    """A pickle payload that would run a shell command when unpickled."""
+
+    def __reduce__(self) -> tuple:
+        return (os.system, ("touch pwned",))
+
+
+def test_malicious_pickle_is_refused_as_such_not_as_corruption(tmp_path, model, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    write_payload(tmp_path / "ckpt", {"module": model.state_dict(), "payload": _RunsCode()})
+    with pytest.raises(
+        CheckpointError, match=r"holds a pickled (posix|os)\.system, which safe loading refuses; pass"
+    ) as error:
+        load_checkpoint(tiny_model(seed=1), tmp_path / "ckpt")
+    assert "truncated" not in str(error.value) and "\n" not in str(error.value)
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_strict_false_tolerates_key_differences_but_not_shapes(tmp_path, model):
     write_payload(
         tmp_path, {"module": {**_without(QKV_BIAS)(model.state_dict()), "extra.weight": torch.ones(1)}}
@@ -262,7 +307,7 @@ def test_strict_false_tolerates_key_differences_but_not_shapes(tmp_path, model):
     other = tiny_model(seed=1)
     load_checkpoint(other, tmp_path, strict=False)
     assert torch.equal(other.word_embeddings.weight, model.word_embeddings.weight)
-    torch.save({"module": _reshaped(POS_KEY, (8, 32))(model.state_dict())}, tmp_path / "5" / SHARD)
+    torch.save({"module": _reshaped(DENSE_KEY, (32, 8))(model.state_dict())}, tmp_path / "5" / SHARD)
     with pytest.raises(CheckpointError, match="has shape"):
         load_checkpoint(other, tmp_path, strict=False)
 

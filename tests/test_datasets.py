@@ -155,6 +155,27 @@ def test_lmdb_errors(tmp_path: Path) -> None:
         LMDBDataset(tmp_path / "bad_length.lmdb", list)
 
 
+def test_truncated_lmdb_is_refused_before_mapping(tmp_path: Path) -> None:
+    """A data.mdb cut short would open, report its length and die of SIGBUS on reading (no Python error)."""
+    rows = [np.arange(i, i + 2000) for i in range(40)]
+    write_lmdb(tmp_path / "whole.lmdb", rows)
+    data = (tmp_path / "whole.lmdb" / "data.mdb").read_bytes()
+    assert len(LMDBDataset(tmp_path / "whole.lmdb", list)) == 40
+    for name, kept in (("half.lmdb", len(data) // 2), ("one_page_short.lmdb", len(data) - 4096)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "data.mdb").write_bytes(data[:kept])
+        with pytest.raises(
+            DatasetFormatError,
+            match=rf"Cannot open LMDB .*{name}: .*data\.mdb is truncated: it holds {kept} bytes but its "
+            rf"header says {len(data)}; copy or build the dataset again\.",
+        ):
+            LMDBDataset(tmp_path / name, list)
+    (tmp_path / "stub.lmdb").mkdir()
+    (tmp_path / "stub.lmdb" / "data.mdb").write_bytes(data[:100])
+    with pytest.raises(DatasetFormatError, match=r"data\.mdb is only 100 bytes long, too short"):
+        LMDBDataset(tmp_path / "stub.lmdb", list)
+
+
 class _Sneaky:
     def __reduce__(self) -> tuple:
         return (os.getpid, ())

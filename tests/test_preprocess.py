@@ -18,6 +18,7 @@ import torch
 
 import preprocess_entry
 import vqvae
+from data_utils.dataset_writers import LMDBWriter
 from data_utils.datasets import DatasetNotFoundError, get_dataset_by_type, load_row, open_lmdb
 from data_utils.unified_tokenizer import UnifiedTokenizer
 from preprocess import CaptionFileError, PreprocessConfig, Preprocessor
@@ -338,6 +339,28 @@ def test_cli_end_to_end_and_errors(shapes, tmp_path: Path, tiny_vqvae_path: Path
     assert "VQ-VAE checkpoint not found" in capsys.readouterr().err
     assert preprocess_entry.main([*argv, "--overwrite", "--encode-size", "5"]) == 2
     assert "needs [8, 16, 32, 64] codes per side" in capsys.readouterr().err
+
+
+def test_busy_output_is_one_line_and_overwrite_leaves_the_other_writer_alone(
+    shapes, tmp_path: Path, tiny_vqvae_path: Path, capsys
+) -> None:
+    tsv, _ = shapes
+    out = tmp_path / "busy.lmdb"
+    argv = ["--captions", str(tsv), "--img-tokenizer-path", str(tiny_vqvae_path), "--encode-size", "8"]
+    argv += ["--output", str(out), "--device", "cpu", "--num-workers", "0"]
+    other = LMDBWriter(out)  # another process's writer, part-way through
+    other.commit([np.arange(3)], state={"settings": {}})
+    try:
+        for extra in ([], ["--overwrite"]):
+            assert preprocess_entry.main([*argv, *extra]) == 2
+            assert capsys.readouterr().err == (
+                f"preprocess_entry.py: error: Another process is writing {out} "
+                f"(it holds {out}.partial.lock); wait for it to finish or stop it "
+                "(a rerun then resumes its work).\n"
+            )
+        assert (tmp_path / "busy.lmdb.partial" / "data.mdb").is_file()  # --overwrite deleted nothing
+    finally:
+        other.close()
 
 
 @pytest.mark.slow

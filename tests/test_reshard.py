@@ -272,9 +272,20 @@ def _break_indivisible_target(src: Path) -> str:
         (_break_missing_shard, ["--target-mp", "1"]),
         (_break_disagreeing_shards, ["--target-mp", "1"]),
         (_break_indivisible_target, ["--target-mp", "3"]),
-        (lambda src: "has 512 rows, fewer than 1000 tokens", ["--target-mp", "1", "--num-tokens", "1000"]),
+        (
+            lambda src: "has 512 rows, fewer than 1000 tokens; pass --num-tokens with the size of",
+            ["--target-mp", "1", "--num-tokens", "1000"],
+        ),
+        (
+            lambda src: r"has 512 rows, fewer than 58219 tokens; pass --num-tokens .*the default 58219",
+            ["--target-mp", "1", "--num-tokens", "58219"],  # the default, as a tiny model would get it
+        ),
+        (
+            lambda src: r"the number of real tokens \(--num-tokens\) must be at least 1, got 0",
+            ["--target-mp", "1", "--num-tokens", "0"],
+        ),
     ],
-    ids=["missing shard", "shards disagree", "target does not divide", "too few rows"],
+    ids=["missing shard", "shards disagree", "target does not divide", "too few rows", "default", "zero"],
 )
 def test_reshard_tool_reports_one_line_errors_and_writes_nothing(
     round_trip, tmp_path, capsys, breakage, argv_tail
@@ -286,8 +297,32 @@ def test_reshard_tool_reports_one_line_errors_and_writes_nothing(
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("reshard_checkpoint: error: ")
     assert re.search(pattern, err), err
-    assert not (tmp_path / "dst" / TRACKER).exists()
-    assert not list((tmp_path / "dst").glob("*/mp_rank_*"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]  # no destination, no temporary folder
+
+
+def test_a_failed_write_leaves_nothing_and_a_rerun_works(round_trip, tmp_path, capsys, monkeypatch):
+    src, dst = round_trip["root"] / "mp1", tmp_path / "dst"
+    real_save, calls = torch.save, []
+
+    def save_fails_on_the_second_shard(obj, file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == 2:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, file, *args, **kwargs)
+
+    argv = [str(src), str(dst), "--target-mp", "2", "--num-tokens", str(NUM_TOKENS)]
+    with monkeypatch.context() as patch:
+        patch.setattr(torch, "save", save_fails_on_the_second_shard)
+        assert reshard_main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "No space left on device" in err
+    assert list(tmp_path.iterdir()) == []  # neither the first shard nor a temporary folder
+    assert reshard_main(argv) == 0
+    assert (dst / TRACKER).read_text() == str(ITERATION)
+    assert sorted(p.name for p in (dst / str(ITERATION)).iterdir()) == [
+        "mp_rank_00_model_states.pt",
+        "mp_rank_01_model_states.pt",
+    ]
 
 
 def test_reshard_refuses_to_overwrite(round_trip, capsys):
@@ -295,4 +330,4 @@ def test_reshard_refuses_to_overwrite(round_trip, capsys):
     assert reshard_main([str(root / "mp1"), str(root / "mp1"), "--target-mp", "2"]) == 1
     assert "is the source directory" in capsys.readouterr().err
     assert reshard_main([str(root / "mp1"), str(root / "mp2"), "--target-mp", "2"]) == 1
-    assert "already holds model-states files" in capsys.readouterr().err
+    assert "destination " + str(root / "mp2") + " already exists and is not empty" in capsys.readouterr().err

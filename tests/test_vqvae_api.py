@@ -3,6 +3,9 @@
 import argparse
 import io
 import math
+import os
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,6 +167,16 @@ def _load_error(tmp_path, obj_or_bytes) -> str:
     return message
 
 
+class _RunsCode:
+    """A pickle payload that would run a shell command (creating ``marker``) when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return (os.system, (f"touch {self.marker}",))
+
+
 def test_load_errors_name_the_problem(tmp_path, saved_state):
     with pytest.raises(FileNotFoundError, match=r"VQ-VAE checkpoint not found: .*missing\.pt"):
         load_vqvae(tmp_path / "missing.pt")
@@ -173,8 +186,12 @@ def test_load_errors_name_the_problem(tmp_path, saved_state):
     data = good.read_bytes()
     assert "truncated, corrupt" in _load_error(tmp_path, data[: len(data) // 2])
     assert "truncated, corrupt" in _load_error(tmp_path, b"this is not a checkpoint")
-    # weights_only loading refuses arbitrary pickled objects instead of executing them.
-    assert "truncated, corrupt" in _load_error(tmp_path, {"args": argparse.Namespace(a=1)})
+    # weights_only loading refuses arbitrary pickled objects instead of executing them, and says so.
+    namespace = _load_error(tmp_path, {"args": argparse.Namespace(a=1)})
+    assert "holds a pickled argparse.Namespace, which safe loading refuses" in namespace
+    malicious = _load_error(tmp_path, {**saved_state, "payload": _RunsCode(tmp_path / "pwned")})
+    assert re.search(r"holds a pickled (posix|os)\.system, which safe loading refuses", malicious)
+    assert "truncated" not in malicious and not (tmp_path / "pwned").exists()
     assert "no flat dict of tensors" in _load_error(tmp_path, [torch.zeros(1)])
     gpt = {"word_embeddings.weight": torch.zeros(1)}
     assert "no enc_b./quantize_t./dec. keys" in _load_error(tmp_path, gpt)

@@ -22,7 +22,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line: SRC DST --target-mp N [--num-tokens T] [--trust-checkpoint]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path, help="checkpoint directory with a tracker file")
-    parser.add_argument("dst", type=Path, help="new checkpoint directory (created)")
+    parser.add_argument(
+        "dst", type=Path, help="new checkpoint directory (created; written whole or not at all)"
+    )
     parser.add_argument("--target-mp", type=int, required=True, help="model-parallel size to write")
     parser.add_argument(
         "--num-tokens",
@@ -49,9 +51,12 @@ def main(argv: list[str] | None = None) -> int:
             num_tokens=args.num_tokens,
             trust_checkpoint=args.trust_checkpoint,
         )
-    except (CheckpointError, CheckpointNotFoundError) as error:
+    except (CheckpointError, CheckpointNotFoundError, OSError) as error:
         print(f"reshard_checkpoint: error: {error}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"reshard_checkpoint: interrupted; {args.dst} was not written", file=sys.stderr)
+        return 130
     return 0
 
 

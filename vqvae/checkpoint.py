@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 
+from model.checkpoint import refused_global
 from vqvae.model import VQVAE
 
 DDP_PREFIX = "module."
@@ -51,6 +52,12 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files
+        refused = refused_global(error)
+        if refused is not None:
+            raise VQVAECheckpointError(
+                f"VQ-VAE checkpoint {path} holds a pickled {refused}, which safe loading refuses: a VQ-VAE "
+                "file holds only tensors, so this one is not one or was tampered with."
+            ) from error
         raise VQVAECheckpointError(
             f"Cannot read VQ-VAE checkpoint {path}: truncated, corrupt or not a PyTorch weights file "
             f"({type(error).__name__})."

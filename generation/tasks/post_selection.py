@@ -22,7 +22,10 @@ def post_selection(ctx: TaskContext, fields: list[str]) -> QueryResult:
         raise QueryError("a post-selection text cannot contain [MASK]: there is nothing to generate")
     step = ctx.args.max_inference_batch_size
     batches = [rows[i : i + step] for i in range(0, len(rows), step)]
-    scores = torch.cat([inverse_prompt_score(ctx.model, batch, ctx.tokenizer) for batch in batches]).tolist()
+    multiple = ctx.args.make_vocab_size_divisible_by
+    scores = torch.cat(
+        [inverse_prompt_score(ctx.model, batch, ctx.tokenizer, multiple) for batch in batches]
+    ).tolist()
     return QueryResult(
         line="\t".join(f"{score:.4f}" for score in scores),
         report=[f"{path}: {score:.4f}" for path, score in zip(paths, scores, strict=True)],
