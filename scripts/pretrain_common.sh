@@ -33,6 +33,17 @@ pretrain() {
   local extra=()
   while [ "$#" -gt 0 ] && [ "$1" != -- ]; do extra+=("$1"); shift; done
   [ "$#" -gt 0 ] && shift
+  local hostfile=() launcher_args=()
+  read -r -a launcher_args <<<"${LAUNCHER_ARGS:-}"
+  if [ "$NUM_WORKERS" -gt 1 ]; then
+    if [ ! -f "$HOST_FILE_PATH" ]; then
+      echo "pretrain: hostfile $HOST_FILE_PATH not found: list the nodes in env/ip_list.txt and run env/start_docker.sh on each (or env/setup_connection.py)" >&2
+      exit 2
+    fi
+    hostfile=(--hostfile "$HOST_FILE_PATH")
+  elif [ -f "$HOST_FILE_PATH" ]; then
+    hostfile=(--hostfile "$HOST_FILE_PATH")
+  fi
   local backend=nccl device_args=() nccl=()
   if [ "$DEVICE" = cpu ]; then
     backend=gloo
@@ -46,17 +57,6 @@ pretrain() {
   else
     NUM_GPUS_PER_WORKER="${NUM_GPUS_PER_WORKER:-$("$python" -c 'import torch; print(torch.cuda.device_count())')}"
     read -r -a nccl <<<"${OPTIONS_NCCL:-}"
-  fi
-  local hostfile=() launcher_args=()
-  read -r -a launcher_args <<<"${LAUNCHER_ARGS:-}"
-  if [ "$NUM_WORKERS" -gt 1 ]; then
-    if [ ! -f "$HOST_FILE_PATH" ]; then
-      echo "pretrain: hostfile $HOST_FILE_PATH not found: list the nodes in env/ip_list.txt and run env/start_docker.sh on each (or env/setup_connection.py)" >&2
-      exit 2
-    fi
-    hostfile=(--hostfile "$HOST_FILE_PATH")
-  elif [ -f "$HOST_FILE_PATH" ]; then
-    hostfile=(--hostfile "$HOST_FILE_PATH")
   fi
   local command=(
     env "${nccl[@]}" "$python" -m deepspeed.launcher.runner
