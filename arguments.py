@@ -14,17 +14,12 @@ from collections.abc import Sequence
 
 import torch
 
+from common.devices import DeviceError, check_device_exists, parse_device
+from data_utils.datasets import DATASET_TYPES
+from generation.tasks import TASKS
 from learning_rates import DECAY_STYLES
 
-GENERATION_TASKS = [
-    "text2image",
-    "image2text",
-    "super-resolution",
-    "low-level super-resolution",
-    "post-selection",
-    "raw",
-]
-DATASET_TYPES = ["TokenizedDataset", "TextCodeDataset", "CompactBinaryDataset"]
+GENERATION_TASKS = list(TASKS)
 MPI_MASTER_PORT = "29500"
 
 
@@ -310,7 +305,7 @@ def _add_data_args(parser: argparse.ArgumentParser) -> None:
         "--dataset-type",
         type=str,
         default="TokenizedDataset",
-        choices=DATASET_TYPES,
+        choices=list(DATASET_TYPES),
         help="training data format",
     )
     group.add_argument(
@@ -372,18 +367,6 @@ def _add_deepspeed_args(parser: argparse.ArgumentParser) -> None:
         group.add_argument(flag, **options)
 
 
-def parse_device(value: str) -> str:
-    """`--device` value → torch.device string: 'cpu', 'cuda', 'cuda:N'; a bare int N means 'cuda:N'."""
-    text = value.strip().lower()
-    if text.isdigit():
-        return f"cuda:{int(text)}"
-    if text in ("cpu", "cuda"):
-        return text
-    if text.startswith("cuda:") and text[len("cuda:") :].isdigit():
-        return f"cuda:{int(text[len('cuda:') :])}"
-    raise argparse.ArgumentTypeError(f"{value!r} is not a device: use cpu, cuda, cuda:N or a GPU index N")
-
-
 def _resolve_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Default the device to CUDA when available and reject a CUDA device this machine lacks.
 
@@ -392,14 +375,11 @@ def _resolve_device(parser: argparse.ArgumentParser, args: argparse.Namespace) -
     """
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        check_device_exists(args.device, option="--device")
+    except DeviceError as error:
+        parser.error(str(error))
     device = torch.device(args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            parser.error(f"--device {args.device} needs CUDA, which this machine lacks; pass --device cpu")
-        if device.index is not None and device.index >= torch.cuda.device_count():
-            parser.error(
-                f"--device {args.device} does not exist: this machine has {torch.cuda.device_count()} GPUs"
-            )
     args.cuda = device.type == "cuda"
 
 

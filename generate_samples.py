@@ -18,6 +18,7 @@ import torch.distributed as dist
 
 import mpu
 from arguments import get_args
+from common.errors import InputError
 from generation.inputs import Query, interactive_queries, read_query_file, shared_queries
 from generation.outputs import ImageWriter
 from generation.runtime import (
@@ -42,7 +43,7 @@ def read_queries(args: argparse.Namespace) -> tuple[Iterable[Query], int | None]
         rank, size = mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size()
         return read_query_file(args.input_source, rank, size)
     if mpu.get_data_parallel_world_size() > 1:
-        raise ValueError(
+        raise InputError(
             "--input-source interactive runs one model copy; use a query file to share work among processes"
         )
     if args.world_size == 1:
@@ -77,7 +78,7 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
         code_grid_side(tokenizer, image_size)  # fail before the (slow) model load
         model = build_model(args, tokenizer.num_tokens, device, model_dtype(args))
         ctx = TaskContext(model, tokenizer, args, image_size=image_size, progress=True)
-    except (FileNotFoundError, ValueError) as error:
+    except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     writer = ImageWriter(args.output_path, args.debug) if mpu.get_model_parallel_rank() == 0 else None

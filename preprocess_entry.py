@@ -13,15 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
+from common.devices import parse_device
+from common.errors import InputError
+from common.paths import DEFAULT_VQVAE_PATH
 from preprocess import LAYOUTS, PreprocessConfig, Preprocessor, summary_text
-
-REPO_ROOT = Path(__file__).resolve().parent
-DEFAULT_VQVAE = REPO_ROOT / "pretrained" / "vqvae" / "vqvae_hard_biggerset_011.pt"
-
-
-def parse_device(text: str) -> str | int:
-    """'0' → GPU index 0; anything else ('cpu', 'cuda', 'cuda:1') as given."""
-    return int(text) if text.isdigit() else text
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--img-tokenizer-path",
         "--img_tokenizer_path",
         type=Path,
-        default=DEFAULT_VQVAE,
+        default=DEFAULT_VQVAE_PATH,
         help="VQ-VAE weights",
     )
     tokenizers.add_argument(
@@ -81,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     config = PreprocessConfig(**vars(args))
     try:
         summary = Preprocessor(config).run()
-    except (ValueError, OSError) as error:
+    except (InputError, OSError) as error:
         print(f"preprocess_entry.py: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -24,6 +24,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, SequentialSampler, Subset
 
 import mpu
+from common.errors import InputError
 from data_utils.datasets import get_dataset_by_type
 from data_utils.samplers import DistributedBatchSampler
 from data_utils.unified_tokenizer import UnifiedTokenizer
@@ -77,9 +78,9 @@ def get_split(args: argparse.Namespace) -> list[float]:
     try:
         splits = [float(s) for s in args.split.split(separator)]
     except ValueError:
-        raise ValueError(f"--split {args.split!r} must be numbers separated by ',' or '/'.") from None
+        raise InputError(f"--split {args.split!r} must be numbers separated by ',' or '/'.") from None
     if any(s < 0 for s in splits) or sum(splits) <= 0:
-        raise ValueError(f"--split {args.split!r} must be non-negative numbers with a positive sum.")
+        raise InputError(f"--split {args.split!r} must be non-negative numbers with a positive sum.")
     if sum(splits) < 1:
         splits.append(1 - sum(splits))
     splits = [*splits, 0.0, 0.0][:3]

@@ -23,6 +23,8 @@ import lmdb
 import numpy as np
 from filelock import FileLock, Timeout
 
+from common.atomic_files import atomic_write_text, rename_into_place
+from common.errors import InputError
 from data_utils.datasets import BINARY_TEXT_LENGTH, LENGTH_KEY
 
 _STATE_KEY = b"__writer_state__"
@@ -30,7 +32,7 @@ _LOG_PREFIX = b"__writer_log__/"
 PICKLE_PROTOCOL = 4  # readable by the original's Python 3.8 environment
 
 
-class OutputExistsError(FileExistsError):
+class OutputExistsError(InputError, FileExistsError):
     """The output path already holds a finished dataset."""
 
 
@@ -38,18 +40,8 @@ class WriterBusyError(OSError):
     """Another process is writing the same output (it holds the output's lock)."""
 
 
-class PartialOutputError(ValueError):
+class PartialOutputError(InputError):
     """`<path>.partial` exists but was not written by these writers."""
-
-
-def _fsync_write(path: Path, data: bytes) -> None:
-    """Write `data` to `path` atomically: a temporary file, fsync, rename."""
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 class _ResumableWriter:
@@ -146,7 +138,7 @@ class LMDBWriter(_ResumableWriter):
                 txn.put(LENGTH_KEY, str(self.num_rows).encode("ascii"))
             self.complete = True
         self.env.close()
-        os.replace(self.partial, self.path)
+        rename_into_place(self.partial, self.path)
         self._release()
 
     def close(self) -> None:
@@ -200,7 +192,7 @@ class BinaryWriter(_ResumableWriter):
             "complete": self.complete,
             "state": self.state,
         }
-        _fsync_write(self.state_file, json.dumps(saved).encode("utf-8"))
+        atomic_write_text(self.state_file, json.dumps(saved))
 
     def commit(
         self, rows: Sequence[Sequence[int]] | np.ndarray, state: dict[str, Any], log_lines: Iterable[str] = ()
@@ -231,7 +223,7 @@ class BinaryWriter(_ResumableWriter):
         self._save_state()
         self._data.close()
         self._log.close()
-        os.replace(self.partial, self.path)
+        rename_into_place(self.partial, self.path)
         self.state_file.unlink()
         self.log_file.unlink()
         self._release()
@@ -276,3 +268,10 @@ def write_binary(
     writer.commit(rows, state={})
     writer.finish()
     return writer.num_rows
+
+
+def binary_row(text_ids: Sequence[int], codes: np.ndarray) -> np.ndarray:
+    """A compact binary row: text ids right-padded with −1 to 64 slots, then the codes (text2image only)."""
+    text = np.full(BINARY_TEXT_LENGTH, -1, dtype=np.int64)
+    text[: len(text_ids)] = text_ids
+    return np.concatenate([text, np.asarray(codes, dtype=np.int64)])

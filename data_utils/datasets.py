@@ -23,6 +23,7 @@ import lmdb
 import numpy as np
 from torch.utils.data import Dataset
 
+from common.errors import InputError, MissingInputError
 from data_utils.lmdb_file import LMDBFileError, check_lmdb_file
 from data_utils.templates import TextCodeTemplate
 from data_utils.unified_tokenizer import UnifiedTokenizer, get_tokenizer
@@ -34,11 +35,11 @@ LENGTH_KEY = b"length"
 Sample = dict[str, np.ndarray]
 
 
-class DatasetNotFoundError(FileNotFoundError):
+class DatasetNotFoundError(MissingInputError):
     """A dataset path that does not exist."""
 
 
-class DatasetFormatError(ValueError):
+class DatasetFormatError(InputError):
     """A dataset file that is not (or not entirely) in the expected format."""
 
 
@@ -228,7 +229,7 @@ class RowProcessor:
 
     def __init__(self, dataset_type: str, length: int, tokenizer: UnifiedTokenizer):
         if dataset_type not in DATASET_TYPES:
-            raise ValueError(
+            raise InputError(
                 f"Unknown dataset type {dataset_type!r}; choose one of {', '.join(DATASET_TYPES)}."
             )
         self.dataset_type = dataset_type

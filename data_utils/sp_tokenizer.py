@@ -9,15 +9,15 @@ from pathlib import Path
 
 import sentencepiece as spm
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_TXT_TOKENIZER_PATH = REPO_ROOT / "pretrained" / "chinese_sentencepiece" / "cog-pretrain.model"
+from common.errors import InputError, MissingInputError
+from common.paths import DEFAULT_TXT_TOKENIZER_PATH
 
 
-class TokenizerModelNotFoundError(FileNotFoundError):
+class TokenizerModelNotFoundError(MissingInputError):
     """The SentencePiece model file does not exist."""
 
 
-class TokenizerModelError(ValueError):
+class TokenizerModelError(InputError):
     """The file exists but is not a SentencePiece model."""
 
 

@@ -16,8 +16,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from common.devices import resolve_device
+from common.errors import InputError
+from data_utils.layouts import MASK, grid_side, size_token
 from data_utils.sp_tokenizer import SentencePieceTokenizer
-from data_utils.vqvae_tokenizer import PretokenizedImageTokenizer, VQVAETokenizer, resolve_device, square_side
+from data_utils.vqvae_tokenizer import PretokenizedImageTokenizer, VQVAETokenizer
 
 COMMAND_TOKENS = (
     "[PAD]",
@@ -48,13 +51,11 @@ COMMAND_TOKENS = (
     "[POS7]",
     "[POS8]",
 )
-SIZE_TOKENS = {8: "[TINY]", 16: "[SMALL]", 32: "[BASE]", 64: "[BIG]"}
-MASK = -1  # placeholder id in parsed queries: "generate this position"
 
 Code = list[int] | np.ndarray | torch.Tensor
 
 
-class QueryError(ValueError):
+class QueryError(InputError):
     """A generation query that cannot be parsed."""
 
 
@@ -85,12 +86,12 @@ class UnifiedTokenizer:
         self.device = resolve_device(device)
         if img_tokenizer_path is None:
             if img_tokenizer_num_tokens is None:
-                raise ValueError("UnifiedTokenizer needs img_tokenizer_path or img_tokenizer_num_tokens.")
+                raise InputError("UnifiedTokenizer needs img_tokenizer_path or img_tokenizer_num_tokens.")
             self.img_tokenizer = PretokenizedImageTokenizer(img_tokenizer_num_tokens)
         else:
             self.img_tokenizer = VQVAETokenizer(img_tokenizer_path, self.device)
             if img_tokenizer_num_tokens not in (None, self.img_tokenizer.num_tokens):
-                raise ValueError(
+                raise InputError(
                     f"VQ-VAE {img_tokenizer_path} has {self.img_tokenizer.num_tokens} codes, "
                     f"but img_tokenizer_num_tokens is {img_tokenizer_num_tokens}."
                 )
@@ -176,14 +177,10 @@ class UnifiedTokenizer:
         Returns the same container type as `code` (list, numpy array or tensor on the code's device).
         """
         num_codes = code.numel() if isinstance(code, torch.Tensor) else np.size(code)
-        side = square_side(num_codes)
-        if side not in SIZE_TOKENS:
-            raise ValueError(
-                f"No size token for a {side}×{side} code grid; sides with one are {sorted(SIZE_TOKENS)}."
-            )
+        size = size_token(grid_side(num_codes))
         if idx not in (1, 2, 3):
             raise ValueError(f"Image slot idx must be 1, 2 or 3, got {idx}.")
-        prefix = [self[SIZE_TOKENS[side]], self[f"[BOI{idx}]"]]
+        prefix = [self[size], self[f"[BOI{idx}]"]]
         suffix = [self[f"[EOI{idx}]"]]
         if isinstance(code, torch.Tensor):
             return torch.cat([code.new_tensor(prefix), code.flatten(), code.new_tensor(suffix)])

@@ -1,38 +1,17 @@
 """The image side of the unified tokenizer: a loaded VQ-VAE, or only its code count for pre-tokenised data."""
 
-import math
 import os
 
 import torch
 
 import vqvae
+from common.devices import resolve_device
+from common.errors import InputError
+from data_utils.layouts import grid_side
 
 
-class NoImageTokenizerError(ValueError):
+class NoImageTokenizerError(InputError):
     """An image had to be encoded or decoded but the tokenizer was built without a VQ-VAE."""
-
-
-def resolve_device(device: str | int | torch.device | None) -> torch.device:
-    """'cpu' / 'cuda:1' / torch.device → itself; int → that CUDA GPU; None → the current GPU, else the CPU."""
-    if isinstance(device, torch.device):
-        return device
-    if isinstance(device, int):
-        return torch.device("cuda", device)
-    if device is None:
-        return (
-            torch.device("cuda", torch.cuda.current_device())
-            if torch.cuda.is_available()
-            else torch.device("cpu")
-        )
-    return torch.device(device)
-
-
-def square_side(num_codes: int) -> int:
-    """Side of the square code grid holding `num_codes` codes; a ValueError if that is not a square number."""
-    side = math.isqrt(num_codes)
-    if side * side != num_codes:
-        raise ValueError(f"An image segment of {num_codes} codes is not a square grid.")
-    return side
 
 
 class VQVAETokenizer:
@@ -59,7 +38,7 @@ class VQVAETokenizer:
     def DecodeIds(self, codes: list[int] | torch.Tensor) -> torch.Tensor:
         """The codes of one square image → de-normalised image [1, 3, H, W]."""
         codes = torch.as_tensor(codes, dtype=torch.long, device=self.device).flatten()
-        square_side(codes.numel())
+        grid_side(codes.numel())
         return vqvae.code2img(self.model, codes.unsqueeze(0))
 
     def read_img(self, path: str | os.PathLike, img_size: int = 256) -> torch.Tensor:

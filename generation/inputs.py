@@ -13,13 +13,14 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from common.errors import InputError
 from data_utils.unified_tokenizer import QueryError
 
 PROMPT = "Please Input Query (stop to exit) >>> "
 STOP = "stop"
 
 
-class InputFileError(ValueError):
+class InputFileError(InputError):
     """The query file cannot be read (missing, a folder, or not UTF-8 text)."""
 
 

@@ -1,4 +1,8 @@
-"""Super-resolution: an n×n low-resolution code grid → 2n×2n codes, in 9 overlapping windows (§8.4)."""
+"""Super-resolution: an n×n low-resolution code grid → 2n×2n codes, in 9 overlapping windows.
+
+The windows, their order and the tokens of each window's sequence are the super-resolution layout of
+``data_utils.layouts``, the same rows the SR model is trained on.
+"""
 
 import argparse
 import copy
@@ -7,7 +11,7 @@ from collections.abc import Sequence
 
 import torch
 
-from data_utils.unified_tokenizer import SIZE_TOKENS
+from data_utils import layouts
 from generation.filling import filling_sequence
 from generation.sampling import Tokenizer
 from model import GPT2Model
@@ -17,17 +21,10 @@ def magnify_windows(side: int) -> list[tuple[int, int, int]]:
     """The windows ``(i, j, line)`` in processing order for an ``side``×``side`` low-resolution grid.
 
     Window (i, j) conditions on the low-res crop ``C[q i : q i + side/2, q j : q j + side/2]`` (q = side/4)
-    and fills the hi-res block ``M[2q i : 2q i + line, 2q j : 2q j + side]``. ``line`` counts hi-res rows,
-    in whole low-res rows (pairs of hi-res rows): the first window stops one low-res row below the
-    windows' overlap, the first two window rows leave their last low-res row to the row below, and the last
-    row goes to the bottom. For side 32 this is the original's list (0,0,18), (0,1,30), …, (2,2,32).
+    and fills the hi-res block ``M[2q i : 2q i + line, 2q j : 2q j + side]`` (see ``layouts.SRWindow``).
+    For side 32 this is the original's list (0,0,18), (0,1,30), …, (2,2,32).
     """
-    if side < 4 or side % 4:
-        raise ValueError(f"magnify needs a low-resolution grid side divisible by 4, got {side}.")
-    step, half = side // 4, side // 2
-    first, upper, last = 2 * (step + 1), 2 * (half - 1), 2 * half
-    order = [(0, 0), (0, 1), (0, 2), (1, 1), (1, 0), (1, 2), (2, 0), (2, 1), (2, 2)]
-    return [(i, j, first if (i, j) == (0, 0) else upper if i < 2 else last) for i, j in order]
+    return [(w.row, w.column, w.generated_rows) for w in layouts.super_resolution_windows(side)]
 
 
 def magnify(
@@ -44,35 +41,27 @@ def magnify(
 
     Each window is one :func:`filling_sequence` call (one sample) on
     ``text_token_list + crop + [EOI1] [ROI2] [POS0] [size] [BOI2] + block``, where ``text_token_list`` is
-    the prompt up to the low-res image (``[ROI1] text [BASE] [BOI1]`` in the released task), ``crop`` the
-    window's (n/2)² low-res codes, ``[size]`` the size token of an n×n grid (``[BASE]`` for n = 32) and
-    ``block`` the window's hi-res codes: those filled by earlier windows are given, the rest generated.
-    Windows overlap, so later ones continue what earlier ones drew. Sampling reads ``args.temperature``,
-    ``args.top_k`` and ``args.top_p``.
+    the prompt up to the low-res image (``layouts.super_resolution_prefix``: ``[ROI1] text [size] [BOI1]``),
+    ``crop`` the window's (n/2)² low-res codes, ``[size]`` the size token of an n×n grid (``[BASE]`` for
+    n = 32) and ``block`` the window's hi-res codes: those filled by earlier windows are given, the rest
+    generated. Windows overlap, so later ones continue what earlier ones drew. Sampling reads
+    ``args.temperature``, ``args.top_k`` and ``args.top_p``.
     """
     low = torch.as_tensor(tokens_list, dtype=torch.long).flatten().cpu()
     side = math.isqrt(low.numel())
     if side * side != low.numel() or (low < 0).any():
         raise ValueError(f"magnify needs a square grid of given low-res codes, got {low.numel()} ids.")
-    windows = magnify_windows(side)
-    if side not in SIZE_TOKENS:
-        raise ValueError(
-            f"No size token for {side}×{side} hi-res windows; sides with one: {sorted(SIZE_TOKENS)}."
-        )
+    layouts.check_super_resolution_side(side)
     text = torch.as_tensor(text_token_list, dtype=torch.long).flatten().cpu()
-    midfix = torch.tensor(
-        [tokenizer[name] for name in ("[EOI1]", "[ROI2]", "[POS0]", SIZE_TOKENS[side], "[BOI2]")]
-    )
+    midfix = torch.tensor(layouts.super_resolution_midfix(tokenizer, side))
     one_sample = copy.copy(args)
     one_sample.batch_size = one_sample.max_inference_batch_size = 1
 
     grid = low.view(side, side)
     high = torch.full((2 * side, 2 * side), -1, dtype=torch.long)  # [2n, 2n]
-    step, half = side // 4, side // 2
-    for i, j, line in windows:
-        crop = grid[step * i : step * i + half, step * j : step * j + half]
-        block = high[2 * step * i : 2 * step * i + line, 2 * step * j : 2 * step * j + side]  # a view
-        seq = torch.cat([text, crop.flatten(), midfix, block.flatten()])
+    for window in layouts.super_resolution_windows(side):
+        block = window.block(high, rows=window.generated_rows)  # a view
+        seq = torch.cat([text, window.crop(grid).flatten(), midfix, block.flatten()])
         filled = filling_sequence(
             model, seq, one_sample, tokenizer=tokenizer, generator=generator, progress=progress
         )

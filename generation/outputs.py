@@ -17,16 +17,16 @@ Every file is written to a temporary name in the same folder and renamed, so no 
 half-written file.
 """
 
-import itertools
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from common.atomic_files import atomic_path, atomic_write_text, numbered_names, write_new
 from vqvae import to_pil
 
 GRID_COLUMNS = 8
@@ -71,60 +71,16 @@ def grid(images: Sequence[torch.Tensor]) -> torch.Tensor:
     return make_grid(same_size(images).clamp(0, 1), nrow=GRID_COLUMNS, padding=GRID_PADDING)
 
 
-def _temporary(path: Path) -> Path:
-    """A hidden name beside ``path`` with the same suffix (so PIL picks the same format)."""
-    return path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
-
-
-def _numbered(name: str, suffix: str = "") -> Iterator[str]:
-    """``name``, ``name-1``, ``name-2``, ... each followed by ``suffix``."""
-    yield f"{name}{suffix}"
-    for number in itertools.count(1):
-        yield f"{name}-{number}{suffix}"
-
-
-def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write(temporary_path)`` and rename the result over ``path`` (replacing any old file)."""
-    path = Path(path)
-    temporary = _temporary(path)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    return path
-
-
-def write_new(folder: Path, stem: str, suffix: str, write: Callable[[Path], None]) -> Path:
-    """Like :func:`write_atomic` to ``folder/{stem}{suffix}``, but never replacing an existing file.
-
-    The finished temporary file is hard-linked to the first free name among ``stem``, ``stem-1``, ...;
-    linking fails if the name exists, so even concurrent processes cannot overwrite each other.
-    """
-    temporary = _temporary(folder / f"{stem}{suffix}")
-    try:
-        write(temporary)
-        for name in _numbered(stem, suffix):
-            try:
-                os.link(temporary, folder / name)
-            except FileExistsError:
-                continue
-            return folder / name
-    finally:
-        temporary.unlink(missing_ok=True)
-    raise AssertionError("unreachable: _numbered never ends")
-
-
 def new_folder(parent: Path, name: str) -> Path:
     """Create and return the first of ``parent/name``, ``parent/name-1``, ... that does not exist yet."""
     parent.mkdir(parents=True, exist_ok=True)
-    for candidate in _numbered(name):
+    for candidate in numbered_names(name):
         try:
             (parent / candidate).mkdir()
         except FileExistsError:
             continue
         return parent / candidate
-    raise AssertionError("unreachable: _numbered never ends")
+    raise AssertionError("unreachable: numbered_names never ends")
 
 
 def save_image(image: torch.Tensor, path: Path) -> Path:
@@ -133,12 +89,14 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     The format follows the suffix of ``path``.
     """
     picture = to_pil(image)
-    return write_atomic(path, lambda temporary: picture.save(temporary))
+    with atomic_path(path) as temporary:
+        picture.save(temporary)
+    return path
 
 
 def save_text(text: str, path: str | os.PathLike) -> Path:
     """Write ``text`` to ``path`` atomically (UTF-8)."""
-    return write_atomic(path, lambda temporary: temporary.write_text(text, encoding="utf-8"))
+    return atomic_write_text(path, text)
 
 
 class ImageWriter:

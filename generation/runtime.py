@@ -16,17 +16,18 @@ import torch
 import torch.distributed as dist
 
 import mpu
+from common.devices import process_device
+from common.errors import MissingInputError
+from common.paths import RELEASED_CHECKPOINTS_HINT, RELEASED_VQVAE_HINT
 from data_utils import UnifiedTokenizer, get_tokenizer
 from model import GPT2Model
 from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
 from model.partition import padded_vocab_size
 
-RELEASED_CHECKPOINTS = "pretrained/cogview/cogview-{base,sr,caption}/"
-RELEASED_VQVAE = "pretrained/vqvae/vqvae_hard_biggerset_011.pt"
 DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT = "localhost", "6000"
 
 
-class MissingWeightsError(FileNotFoundError):
+class MissingWeightsError(MissingInputError):
     """The model checkpoint or the VQ-VAE file is not where the arguments say."""
 
 
@@ -36,7 +37,7 @@ def check_weights(args: argparse.Namespace) -> None:
     The message says where the released weights belong.
     """
     where = (
-        f"put the released CogView weights in {RELEASED_CHECKPOINTS} (the folder holding "
+        f"put the released CogView weights in {RELEASED_CHECKPOINTS_HINT} (the folder holding "
         "latest_checkpointed_iteration.txt and 142000/mp_rank_00_model_states.pt) or pass --load DIR"
     )
     if args.load is None:
@@ -45,7 +46,7 @@ def check_weights(args: argparse.Namespace) -> None:
         read_tracker(args.load)
     except CheckpointNotFoundError as error:
         raise MissingWeightsError(f"{error}: {where}") from error
-    vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE} or pass --img-tokenizer-path FILE"
+    vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE_HINT} or pass --img-tokenizer-path FILE"
     if args.img_tokenizer_path is None:
         raise MissingWeightsError(f"no VQ-VAE given: {vqvae_where}")
     if not Path(args.img_tokenizer_path).is_file():
@@ -54,11 +55,9 @@ def check_weights(args: argparse.Namespace) -> None:
 
 def init_device(args: argparse.Namespace) -> torch.device:
     """The device this process runs on; ``--device cuda`` (no index) means the GPU of its local rank."""
-    device = torch.device(args.device)
+    local_rank = args.local_rank if args.local_rank is not None else args.rank
+    device = process_device(args.device, local_rank)
     if device.type == "cuda":
-        if device.index is None:
-            local_rank = args.local_rank if args.local_rank is not None else args.rank
-            device = torch.device("cuda", local_rank % torch.cuda.device_count())
         torch.cuda.set_device(device)
     return device
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import mpu
 from data_utils import get_tokenizer
+from data_utils.unified_tokenizer import QueryError
 from generation.filling import position_ids
 from generation.sampling import Tokenizer
 from model import GPT2Model
@@ -24,7 +25,7 @@ def text_start(row: Sequence[int], tokenizer: Tokenizer) -> int:
         image_end = row.index(eoi1)
         return row.index(roi1, image_end + 1)
     except ValueError:
-        raise ValueError(
+        raise QueryError(
             "A post-selection sequence has no [ROI1] after its [EOI1]; expected the layout "
             "[BASE] [BOI1] image [EOI1] [ROI1] text."
         ) from None
@@ -52,12 +53,12 @@ def inverse_prompt_score(
         raise ValueError("inverse_prompt_score needs at least one sequence.")
     for number, row in enumerate(rows):
         if len(row) != len(rows[0]):
-            raise ValueError(
+            raise QueryError(
                 f"Post-selection sequence {number} has {len(row)} tokens but sequence 0 has {len(rows[0])}; "
                 "all candidates must share the same text and image size."
             )
         if min(row) < 0:
-            raise ValueError(f"Post-selection sequence {number} contains a negative (to-generate) id.")
+            raise QueryError(f"Post-selection sequence {number} contains a negative (to-generate) id.")
     starts = torch.tensor([text_start(row, tokenizer) for row in rows], device=device)  # [b]
     length = len(rows[0])
     tokens = torch.tensor(rows, device=device)  # [b, L]

@@ -19,7 +19,7 @@ import shutil
 import zipfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -27,6 +27,8 @@ import torch.distributed as dist
 from torch import nn
 
 import mpu
+from common.atomic_files import atomic_torch_save, atomic_write_text, rename_into_place
+from common.errors import InputError, MissingInputError
 
 from .partition import (
     COGVIEW_NUM_TOKENS,
@@ -58,11 +60,11 @@ _LAYOUT_FREE_ENTRIES = (
 )
 
 
-class CheckpointError(ValueError):
+class CheckpointError(InputError):
     """A checkpoint that exists but cannot be used; the message names the file and the key."""
 
 
-class CheckpointNotFoundError(FileNotFoundError):
+class CheckpointNotFoundError(MissingInputError):
     """A checkpoint directory, tracker, iteration folder or shard file that is not there."""
 
 
@@ -297,34 +299,10 @@ def load_checkpoint(
     return iteration if iteration == RELEASE else int(iteration)
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Write ``path`` through a temporary file in the same folder, fsync, then rename over the target."""
-    temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(temporary, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
-    _fsync_directory(path.parent)
-
-
-def _fsync_directory(folder: Path) -> None:
-    """Make the renames inside ``folder`` durable."""
-    directory = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)
-
-
 def write_tracker(save_dir: str | os.PathLike, iteration: int | str) -> Path:
     """Atomically write ``{save_dir}/latest_checkpointed_iteration.txt`` holding ``iteration``."""
     tracker = Path(save_dir) / TRACKER_FILENAMES[0]
-    _atomic_write(tracker, lambda file: file.write(str(iteration).encode()))
+    atomic_write_text(tracker, str(iteration))
     return tracker
 
 
@@ -353,7 +331,7 @@ def save_checkpoint(
             **client_state,
             "module": model.state_dict(),
         }
-        _atomic_write(path, lambda file: torch.save(payload, file))
+        atomic_torch_save(payload, path)
     distributed = dist.is_available() and dist.is_initialized()
     if distributed:
         dist.barrier()
@@ -437,12 +415,11 @@ def reshard_checkpoint(
                 "module": shard_state_dict(merged, target_mp, rank),
             }
             path = staging / iteration / shard_filename(rank)
-            _atomic_write(path, lambda file, payload=payload: torch.save(payload, file))
+            atomic_torch_save(payload, path)
             log(f"wrote {dst / iteration / shard_filename(rank)} ({rank + 1}/{target_mp})")
         write_tracker(staging, iteration)
-        os.replace(staging, dst)  # dst is absent or an empty directory, which rename replaces
+        rename_into_place(staging, dst)  # dst is absent or an empty directory, which rename replaces
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-    _fsync_directory(dst.parent)
     log(f"wrote {dst / TRACKER_FILENAMES[0]} -> {iteration}")
     return dst / iteration

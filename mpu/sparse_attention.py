@@ -21,10 +21,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from common.errors import InputError
+
 MASKED_SCORE = -10000.0
 
 
-class SparseAttentionConfigError(ValueError):
+class SparseAttentionConfigError(InputError):
     """A sparse-attention setting or input that cannot work; the message names the offending value."""
 
 

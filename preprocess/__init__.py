@@ -1,6 +1,6 @@
 """The preprocessing tool: image-caption pairs → token datasets for training (run `preprocess_entry.py`)."""
 
-from preprocess.layouts import LAYOUTS
+from data_utils.layouts import LAYOUTS
 from preprocess.pipeline import PreprocessConfig, Preprocessor, PreprocessSummary, summary_text
 from preprocess.sources import CaptionFileError, Record, read_captions, zip_records
 

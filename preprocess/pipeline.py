@@ -22,25 +22,20 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import vqvae
-from data_utils.dataset_writers import BinaryWriter, LMDBWriter
+from common.errors import InputError, MissingInputError
+from data_utils import layouts
+from data_utils.dataset_writers import BinaryWriter, LMDBWriter, binary_row
 from data_utils.datasets import BINARY_TEXT_LENGTH
+from data_utils.layouts import LAYOUTS, check_codes_per_side, non_text_length
 from data_utils.unified_tokenizer import UnifiedTokenizer
-from preprocess.layouts import (
-    DEFAULT_MAX_SEQ_LEN,
-    LAYOUTS,
-    binary_row,
-    check_codes_per_side,
-    image2text_row,
-    non_text_length,
-    super_resolution_rows,
-    text2image_row,
-)
 from preprocess.sources import FolderImages, Record, ZipImages, read_captions, zip_records
 
 REPORT_HEADER = "origin\timage\treason"
+# The released models' sequence lengths (--max-position-embeddings; the SR model's finetuning length).
+DEFAULT_MAX_SEQ_LEN = {layouts.TEXT2IMAGE: 1089, layouts.IMAGE2TEXT: 1089, layouts.SUPER_RESOLUTION: 1345}
 
 
-class SettingsMismatchError(ValueError):
+class SettingsMismatchError(InputError):
     """A partial output was started with different settings than this run's."""
 
 
@@ -53,7 +48,7 @@ class PreprocessConfig:
     captions: Path | None = None
     image_root: Path | None = None
     zip_path: Path | None = None
-    layout: str = "text2image"
+    layout: str = layouts.TEXT2IMAGE
     txt_tokenizer_path: Path | None = None
     encode_size: int = 32
     max_seq_len: int | None = None
@@ -123,13 +118,13 @@ class Preprocessor:
     def __init__(self, config: PreprocessConfig):
         self.config = config
         if config.layout not in LAYOUTS:
-            raise ValueError(f"Unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}.")
+            raise InputError(f"Unknown layout {config.layout!r}; choose one of {', '.join(LAYOUTS)}.")
         check_codes_per_side(config.layout, config.encode_size)
         if config.batch_size < 1:
-            raise ValueError(f"--batch-size must be at least 1, got {config.batch_size}.")
+            raise InputError(f"--batch-size must be at least 1, got {config.batch_size}.")
         self.binary = config.output.suffix == ".bin"
-        if self.binary and (config.layout != "text2image" or config.encode_size != 32):
-            raise ValueError(
+        if self.binary and (config.layout != layouts.TEXT2IMAGE or config.encode_size != 32):
+            raise InputError(
                 "A .bin output holds the compact text2image format (32×32 codes); write an LMDB directory "
                 f"for --layout {config.layout} --encode-size {config.encode_size}."
             )
@@ -143,7 +138,7 @@ class Preprocessor:
         if self.binary:
             self.max_text = min(self.max_text, BINARY_TEXT_LENGTH)
         if self.max_text < 1:
-            raise ValueError(
+            raise InputError(
                 f"A {config.layout} row with {config.encode_size}² codes does not fit "
                 f"--max-seq-len {max_seq_len}."
             )
@@ -160,15 +155,15 @@ class Preprocessor:
         config = self.config
         if config.zip_path is not None:
             if config.image_root is not None:
-                raise ValueError("Give either a zip of images or an image root, not both.")
+                raise InputError("Give either a zip of images or an image root, not both.")
             source = ZipImages(config.zip_path)
             records = read_captions(config.captions) if config.captions else zip_records(config.zip_path)
             return records, source
         if config.captions is None:
-            raise ValueError("Give a captions file (with an image root) or a zip of images.")
+            raise InputError("Give a captions file (with an image root) or a zip of images.")
         root = config.image_root if config.image_root is not None else Path(config.captions).parent
         if not Path(root).is_dir():
-            raise FileNotFoundError(f"Image root {root} is not a directory.")
+            raise MissingInputError(f"Image root {root} is not a directory.")
         return read_captions(config.captions), FolderImages(root)
 
     def _open_writer(self) -> LMDBWriter | BinaryWriter:
@@ -197,11 +192,13 @@ class Preprocessor:
         layout = self.config.layout
         if self.binary:
             return [binary_row(text_ids, codes[0])], truncated
-        if layout == "text2image":
-            return [text2image_row(self.tokenizer, text_ids, codes[0])], truncated
-        if layout == "image2text":
-            return [image2text_row(self.tokenizer, text_ids, codes[0])], truncated
-        return super_resolution_rows(self.tokenizer, text_ids, codes[0], codes[1]), truncated
+        if layout == layouts.TEXT2IMAGE:
+            rows = [layouts.text2image(self.tokenizer, text_ids, codes[0])]
+        elif layout == layouts.IMAGE2TEXT:
+            rows = [layouts.image2text(self.tokenizer, codes[0], text_ids)]
+        else:
+            rows = layouts.super_resolution_rows(self.tokenizer, text_ids, codes[0], codes[1])
+        return [np.asarray(row, dtype=np.int64) for row in rows], truncated
 
     def run(self, on_commit: Callable[[int], None] | None = None) -> PreprocessSummary:
         """Process every record not yet committed, finish the output, and summarise.

@@ -18,10 +18,12 @@ from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
+from common.errors import InputError, MissingInputError
+
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class CaptionFileError(ValueError):
+class CaptionFileError(InputError):
     """A captions file line that cannot be parsed."""
 
 
@@ -58,7 +60,7 @@ def read_captions(path: str | os.PathLike) -> list[Record]:
     """Parse a TSV or JSONL captions file → records in file order; a bad line raises CaptionFileError."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"Captions file {path} does not exist.")
+        raise MissingInputError(f"Captions file {path} does not exist.")
     parse = _parse_jsonl_line if path.suffix.lower() == ".jsonl" else _parse_tsv_line
     records = []
     with open(path, "rb") as handle:
@@ -96,11 +98,11 @@ def zip_records(zip_path: str | os.PathLike) -> list[Record]:
 
 def _open_zip(path: Path) -> zipfile.ZipFile:
     if not path.is_file():
-        raise FileNotFoundError(f"Zip file {path} does not exist.")
+        raise MissingInputError(f"Zip file {path} does not exist.")
     try:
         return zipfile.ZipFile(path)
     except zipfile.BadZipFile as error:
-        raise ValueError(f"{path} is not a readable zip file ({error}).") from None
+        raise InputError(f"{path} is not a readable zip file ({error}).") from None
 
 
 class FolderImages:

@@ -3,6 +3,7 @@
 import random
 from pathlib import Path
 
+import numpy as np
 import pytest
 import sentencepiece as spm
 import torch
@@ -31,6 +32,24 @@ def spread_codebook(model: vqvae.VQVAE, images: torch.Tensor) -> None:
         codebook = latents[torch.randperm(latents.shape[0])[: model.n_embed]].t()  # [dim, n_embed]
         model.quantize_t.embed.copy_(codebook)
         model.quantize_t.embed_avg.copy_(codebook)
+
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+
+
+@pytest.fixture(autouse=True)
+def _isolated_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test starts as a plain single process with seeded global RNGs.
+
+    A launcher's variables (the suite run under torchrun or DeepSpeed) would make code under test join a
+    process group at MASTER_ADDR:MASTER_PORT; and a test that draws from the global RNGs (or reseeds
+    them, as VQ-VAE training does) must not change what the next test draws.
+    """
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    random.seed(0)
+    np.random.seed(0)
+    torch.manual_seed(0)
 
 
 @pytest.fixture(scope="session")
@@ -96,7 +115,11 @@ def shape_image(index: int, size: int = 64) -> tuple[Image.Image, str]:
     rng = random.Random(index)
     colour_name = rng.choice(sorted(SHAPE_COLOURS))
     kind = rng.choice(SHAPE_KINDS)
-    image = Image.merge("RGB", [Image.effect_noise((size, size), 40 + 10 * c) for c in range(3)])
+    # Gaussian noise around mid-grey, a different spread per channel; numpy's seeded generator, not
+    # PIL's effect_noise, which draws from C rand() and differs from run to run.
+    sigmas = np.array([40, 50, 60])
+    noise = np.random.default_rng(index).normal(128.0, sigmas, (size, size, 3))
+    image = Image.fromarray(noise.round().clip(0, 255).astype(np.uint8), "RGB")
     draw = ImageDraw.Draw(image)
     x0, y0 = rng.randrange(size // 2), rng.randrange(size // 2)
     x1, y1 = x0 + size // 3 + rng.randrange(size // 6), y0 + size // 3 + rng.randrange(size // 6)

@@ -197,9 +197,10 @@ def test_every_argument_parses_to_its_type(parser, option):
         assert getattr(parser.parse_args([option, "a", "b"]), dest(option)) == ["a", "b"]
         if kind == "nargs*":
             assert getattr(parser.parse_args([option]), dest(option)) == []
-    else:
-        value = parser.parse_args([option, CHOICE_VALUES.get(option, "3")])
-        assert type(getattr(value, dest(option))) is kind
+    else:  # the exact value, so a string option that converts (or mangles) its text fails too
+        text = CHOICE_VALUES.get(option, "some dir/3.txt" if kind is str else "3")
+        value = getattr(parser.parse_args([option, text]), dest(option))
+        assert value == kind(text) and type(value) is kind
 
 
 def test_underscore_names_are_exact(parser):

@@ -18,17 +18,17 @@ from PIL import Image
 from torchvision.utils import make_grid
 
 import generate_samples
+import vqvae
 from arguments import get_args
 from data_utils import unified_tokenizer
 from data_utils.unified_tokenizer import QueryError, UnifiedTokenizer
-from generation.filling import filling_sequence
 from generation.inputs import PROMPT, Query, interactive_queries, read_query_file, split_fields
 from generation.outputs import AlignedLines, grid, new_folder, slug, write_new
 from generation.runtime import build_model
 from generation.scoring import inverse_prompt_score
 from generation.tasks import TASKS, TaskContext
-from generation.tasks.raw import complete
 from tests.helpers.distributed import run_distributed
+from tests.test_scoring import hand_score as scoring_hand_score
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BATCH = 2
@@ -222,38 +222,6 @@ def test_grid_clamps_instead_of_stretching_and_upsamples_small_images():
 # --- tasks from Python ---------------------------------------------------------------------------
 
 
-def test_text2image_equals_filling_sequence_then_decoding(ctx):
-    tokenizer = ctx.tokenizer
-    ctx.generator = torch.Generator().manual_seed(3)
-    result = TASKS["text2image"].run(ctx, ["一只猫"])
-    ids = [tokenizer["[ROI1]"], *tokenizer.EncodeAsIds("一只猫"), tokenizer["[TINY]"], tokenizer["[BOI1]"]]
-    samples = filling_sequence(
-        ctx.model, ids + [-1] * 64, ctx.args, tokenizer=tokenizer, generator=torch.Generator().manual_seed(3)
-    )
-    assert samples.shape == (BATCH, len(ids) + 64)
-    expected = [tokenizer.DecodeIds(sample)[1][-1] for sample in samples]
-    assert len(result.samples) == BATCH
-    assert all(torch.equal(a, b) for a, b in zip(result.samples, expected, strict=True))
-    assert result.samples[0].shape == (1, 3, 256, 256)
-    assert not torch.equal(result.samples[0], result.samples[1])
-
-
-def test_raw_keeps_the_given_codes_and_generates_the_rest(ctx, images):
-    tokenizer = ctx.tokenizer
-    query = f"[ROI1] 一只猫 [TINY] [BOI1] [Image40]{images / 'a.png'}"
-    given = tokenizer(tokenizer.read_img(images / "a.png"))[0, :40].tolist()
-    ctx.generator = torch.Generator().manual_seed(5)
-    decoded = complete(ctx, query)
-    ctx.generator = torch.Generator().manual_seed(5)
-    samples = ctx.fill(ctx.parse(query))
-    assert all(sample[-64:-24].tolist() == given for sample in samples)
-    for (segments, images_), sample in zip(decoded, samples, strict=True):
-        assert segments == ["[ROI1]", "一只猫", "[TINY]", "[BOI1]"]
-        assert torch.equal(images_[0], tokenizer.img_tokenizer.DecodeIds(sample[-64:]))
-    with pytest.raises(QueryError, match="nothing to generate"):
-        complete(ctx, "[ROI1] 一只猫")
-
-
 def test_post_selection_scores_each_image_in_input_order(ctx, images):
     paths = [images / name for name in ("a.png", "b.png", "c.png")]
     result = TASKS["post-selection"].run(ctx, ["一只猫在踢足球", *map(str, paths)])  # forwards of 1
@@ -354,7 +322,7 @@ def test_image2text_prints_and_writes_aligned_captions(tiny_cogview, images, tmp
             assert f"line {number}: {images / name}: {caption}\n" in stdout
 
 
-def test_post_selection_scores_file_is_aligned_with_the_input(tiny_cogview, images, tmp_path, capsys):
+def test_post_selection_scores_file_is_aligned_with_the_input(tiny_cogview, images, tmp_path, capsys, ctx):
     a, b, c = (images / name for name in ("a.png", "b.png", "c.png"))
     queries = tmp_path / "select.txt"
     lines = [f"一只猫\t{a}\t{b}", "", f"一只猫\t{a}\t{tmp_path / 'gone.png'}\t{c}", "一只猫", f"一只猫\t{c}"]
@@ -368,11 +336,21 @@ def test_post_selection_scores_file_is_aligned_with_the_input(tiny_cogview, imag
     assert lines[2] == f"error: Image file not found: {tmp_path / 'gone.png'}"
     assert lines[3] == "error: expected at least 2 TAB-separated fields (text, image path, ...), got 1"
     first, last = [float(s) for s in lines[0].split("\t")], [float(s) for s in lines[4].split("\t")]
-    assert len(first) == 2 and len(last) == 1 and all(s < 0 for s in first + last)
+    assert first == pytest.approx([hand_score(ctx, path, "一只猫") for path in (a, b)], abs=1e-4)
+    assert last == pytest.approx([hand_score(ctx, c, "一只猫")], abs=1e-4)
     assert error_lines(stderr) == [
         f"error: line 3: Image file not found: {tmp_path / 'gone.png'}",
         "error: line 4: expected at least 2 TAB-separated fields (text, image path, ...), got 1",
     ]
+
+
+def hand_score(ctx: TaskContext, path: Path, text: str) -> float:
+    """The post-selection score of one image, summed token by token from full-forward log-softmaxes."""
+    tokenizer = ctx.tokenizer
+    image_model = vqvae.load_vqvae(ctx.args.img_tokenizer_path)
+    image = vqvae.img2code(image_model, vqvae.read_img(path, 256))[0].tolist()
+    row = [tokenizer["[TINY]"], tokenizer["[BOI1]"], *image, tokenizer["[EOI1]"], tokenizer["[ROI1]"]]
+    return scoring_hand_score(ctx.model, tokenizer, [*row, *tokenizer.EncodeAsIds(text)], len(row))
 
 
 def test_super_resolution_doubles_the_image(tiny_cogview, images, tmp_path, capsys):

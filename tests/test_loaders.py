@@ -1,7 +1,6 @@
 """Dataset assembly and loaders: weighting, random mapping, leak-free splits, data-parallel slices, resume."""
 
 import argparse
-import random
 from pathlib import Path
 
 import numpy as np
@@ -88,10 +87,9 @@ def test_split_ranges_are_disjoint_and_cover(n: int, split: list[float]) -> None
 def test_random_mapping_matches_the_original_formula(real_tokenizer: UnifiedTokenizer) -> None:
     mapped = RandomMappingDataset(list(range(37)))
     assert len(mapped) == 37 * 200
-    for index in (0, 1, 5, 1234, 7399):
-        words = random.Random(index)
-        state = np.random.RandomState(seed=[words.randint(0, 2**32 - 1) for _ in range(16)])
-        assert mapped[index] == state.randint(37)
+    # What the original's RandomMappingDataset returns for these indices (random.Random(i) seeding a
+    # numpy RandomState with 16 words, then randint(37)), recorded once: a change of formula shows here.
+    assert [mapped[index] for index in (0, 1, 5, 1234, 7399)] == [22, 29, 16, 28, 20]
 
 
 def test_splits_never_share_a_sample(tmp_path: Path, real_tokenizer: UnifiedTokenizer) -> None:

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import zipfile
 from pathlib import Path
 
@@ -38,8 +37,6 @@ PAD, BOI1, BOI2, EOI1, ROI1, ROI2, TINY, SMALL, POS0 = (
     CMD + 15,
     CMD + 18,
 )
-BASE = CMD + 16
-
 
 class Reference:
     """Tokenises samples independently of the tool: SentencePiece directly, VQ-VAE via vqvae.read_img."""
@@ -159,7 +156,8 @@ def test_super_resolution_windows(
         ):
             crop = low[2 * i : 2 * i + 4, 2 * j : 2 * j + 4].reshape(-1).tolist()
             block = high[4 * i : 4 * i + 8, 4 * j : 4 * j + 8].reshape(-1).tolist()
-            expected = [ROI1, *text, BASE, BOI1, *crop, EOI1, ROI2, POS0, BASE, BOI2, *block]
+            # both size tokens name the 8×8 low-resolution grid, as the generation query does
+            expected = [ROI1, *text, TINY, BOI1, *crop, EOI1, ROI2, POS0, TINY, BOI2, *block]
             assert load_row(items[str(9 * image_index + window).encode()]).tolist() == expected
 
 
@@ -370,28 +368,17 @@ def test_kill_9_midway_then_rerun(tmp_path: Path, make_shape_images, tiny_vqvae_
     tsv.write_text("".join(f"{n}\t{c}\n" for n, c in pairs), encoding="utf-8")
     Preprocessor(config(tsv, tmp_path / "fresh.lmdb", tiny_vqvae_path, batch_size=2)).run()
     out = tmp_path / "killed.lmdb"
-    command = [
-        sys.executable,
-        str(REPO_ROOT / "preprocess_entry.py"),
-        "--captions",
-        str(tsv),
-        "--output",
-        str(out),
-    ]
-    command += ["--img-tokenizer-path", str(tiny_vqvae_path), "--encode-size", "8", "--batch-size", "2"]
-    command += ["--device", "cpu", "--num-workers", "0"]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=tmp_path)
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline and process.poll() is None:
-        committed = partial_rows(Path(f"{out}.partial"))
-        if committed >= 10:
-            break
-        time.sleep(0.02)
-    os.kill(process.pid, signal.SIGKILL)
-    process.wait()
-    assert 10 <= partial_rows(Path(f"{out}.partial")) < 60, "the run should have been killed midway"
+    arguments = ["--captions", str(tsv), "--output", str(out), "--img-tokenizer-path", str(tiny_vqvae_path)]
+    arguments += ["--encode-size", "8", "--batch-size", "2", "--device", "cpu", "--num-workers", "0"]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    killer = [sys.executable, "-m", "tests.helpers.kill_after_commits", "20", *arguments]
+    killed = subprocess.run(killer, capture_output=True, text=True, cwd=tmp_path, env=environment)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert partial_rows(Path(f"{out}.partial")) == 20  # killed right after the 10th commit of 2 rows
+    command = [sys.executable, str(REPO_ROOT / "preprocess_entry.py"), *arguments]
     done = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, check=True)
     assert "Wrote 60 rows from 60 images" in done.stdout
+    assert "| 20/60 " in done.stderr and "| 0/60 " not in done.stderr  # resumed, not started over
     assert lmdb_items(out) == lmdb_items(tmp_path / "fresh.lmdb")
 
 

@@ -241,13 +241,12 @@ def test_get_tokenizer_singleton(fresh_tokenizer_singleton: None, real_tokenizer
     assert get_tokenizer(tokenizer=real_tokenizer) is real_tokenizer and get_tokenizer() is real_tokenizer
 
 
-def test_resolve_device() -> None:
+def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device(1) == torch.device("cuda", 1)
     assert resolve_device("cuda:2") == torch.device("cuda", 2)
-    expected = (
-        torch.device("cuda", torch.cuda.current_device())
-        if torch.cuda.is_available()
-        else torch.device("cpu")
-    )
-    assert resolve_device(None) == expected
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device(None) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert resolve_device(None) == torch.device("cuda", 3)

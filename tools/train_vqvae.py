@@ -13,6 +13,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common.errors import InputError
 from vqvae.training import TrainConfig, train
 
 
@@ -54,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     config = parse_args(argv)
     try:
         result = train(config)
-    except (ValueError, FileNotFoundError) as error:
+    except InputError as error:
         sys.exit(f"train_vqvae: error: {error}")
     if result.psnr:
         print(

@@ -5,39 +5,20 @@ released checkpoint and tiny models trained with `tools/train_vqvae.py` load the
 """
 
 import os
-import tempfile
 from pathlib import Path
-from typing import Any
 
 import torch
 
+from common.atomic_files import atomic_torch_save
+from common.errors import InputError, MissingInputError
 from model.checkpoint import refused_global
 from vqvae.model import VQVAE
 
 DDP_PREFIX = "module."
 
 
-class VQVAECheckpointError(ValueError):
+class VQVAECheckpointError(InputError):
     """A file that is not a loadable VQ-VAE checkpoint (corrupt, wrong content, or wrong keys/shapes)."""
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """`torch.save` to a temporary file next to `path`, then rename it over `path`.
-
-    A crash mid-write leaves the previous file intact instead of a truncated one.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_vqvae(model: VQVAE, path: str | os.PathLike) -> None:
@@ -48,7 +29,7 @@ def save_vqvae(model: VQVAE, path: str | os.PathLike) -> None:
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not path.is_file():
-        raise FileNotFoundError(f"VQ-VAE checkpoint not found: {path}")
+        raise MissingInputError(f"VQ-VAE checkpoint not found: {path}")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ... for bad files

@@ -7,12 +7,13 @@ from pathlib import Path
 import torch
 from torch.utils.data import Dataset
 
+from common.errors import InputError, MissingInputError
 from vqvae.images import ImageReadError, image_to_tensor, open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
-class NoImagesError(ValueError):
+class NoImagesError(InputError):
     """A folder or zip archive without any image file."""
 
 
@@ -45,7 +46,7 @@ class ImageFiles(Dataset):
         elif self.source.exists():
             raise NoImagesError(f"{self.source} is neither a folder nor a zip archive of images.")
         else:
-            raise FileNotFoundError(f"Image folder or zip not found: {self.source}")
+            raise MissingInputError(f"Image folder or zip not found: {self.source}")
         if not self.names:
             suffixes = ", ".join(IMAGE_SUFFIXES)
             raise NoImagesError(f"No image files ({suffixes}) found in {self.source}.")

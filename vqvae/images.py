@@ -15,13 +15,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.errors import InputError, MissingInputError
+
 IMAGE_MEAN = (0.79093, 0.76271, 0.75340)
 IMAGE_STD = (0.30379, 0.32279, 0.32800)
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
 
 
-class ImageReadError(ValueError):
+class ImageReadError(InputError):
     """An image file that cannot be opened or decoded."""
 
 
@@ -90,7 +92,7 @@ def open_image(source: str | os.PathLike | BinaryIO, name: str | None = None) ->
     if isinstance(source, str | os.PathLike):
         name = name or str(source)
         if not Path(source).is_file():
-            raise FileNotFoundError(f"Image file not found: {source}")
+            raise MissingInputError(f"Image file not found: {source}")
     try:
         return Image.open(source)
     except _DECODE_ERRORS as error:

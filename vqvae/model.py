@@ -12,11 +12,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import InputError
+
 
 def num_downsamples(stride: int) -> int:
     """Number of stride-2 convolutions for the original `stride` code (6 → 3, i.e. ×8; 4 → 2, i.e. ×4)."""
     if stride < 2 or stride % 2:
-        raise ValueError(f"VQ-VAE stride must be an even number >= 2 (6 gives x8 downsampling): {stride}.")
+        raise InputError(f"VQ-VAE stride must be an even number >= 2 (6 gives x8 downsampling): {stride}.")
     return stride // 2
 
 

@@ -19,7 +19,9 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from vqvae.checkpoint import atomic_torch_save, save_vqvae
+from common.atomic_files import atomic_torch_save
+from common.errors import InputError
+from vqvae.checkpoint import save_vqvae
 from vqvae.image_files import ImageFiles
 from vqvae.images import denormalize
 from vqvae.model import VQVAE
@@ -27,7 +29,7 @@ from vqvae.model import VQVAE
 TRAIN_STATE_FORMAT = "cogview-vqvae-train-state-1"
 
 
-class TrainingSetupError(ValueError):
+class TrainingSetupError(InputError):
     """Inconsistent training options or files (e.g. nothing to resume, output exists, bad image size)."""
 
 

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field
 
 import torch
 
+from common.errors import InputError
 from data_utils import UnifiedTokenizer
-from data_utils.unified_tokenizer import SIZE_TOKENS, QueryError
+from data_utils.layouts import SIZE_TOKENS
+from data_utils.unified_tokenizer import QueryError, as_int_list
 from generation.filling import filling_sequence
 from model import GPT2Model
 
@@ -29,7 +31,7 @@ def code_grid_side(tokenizer: UnifiedTokenizer, image_size: int = DEFAULT_IMAGE_
     factor = tokenizer.img_tokenizer.downsample_factor
     side = image_size // factor
     if image_size % factor or side not in SIZE_TOKENS or side % 2:
-        raise ValueError(
+        raise InputError(
             f"the VQ-VAE turns {image_size}² px images into a {image_size / factor:g}² grid, "
             f"but CogView has size tokens only for {', '.join(f'{s}×{s}' for s in SIZE_TOKENS)} grids"
         )
@@ -77,11 +79,6 @@ class TaskContext:
         return self.grid_side**2
 
     @property
-    def size_token(self) -> str:
-        """The size command of one image, e.g. ``[BASE]`` for 32×32 codes."""
-        return SIZE_TOKENS[self.grid_side]
-
-    @property
     def max_length(self) -> int:
         """The longest query the model takes: ``max(--max-position-embeddings, ...-finetune)``."""
         return max(self.args.max_position_embeddings, self.args.max_position_embeddings_finetune)
@@ -100,8 +97,21 @@ class TaskContext:
         self.check_length(len(ids))
         return ids
 
+    def text_ids(self, text: str) -> list[int]:
+        """The ids of a query's text field; as in the original's query strings, command names in it count."""
+        return self.tokenizer.parse_query(text)
+
+    def image_codes(self, path: str, img_size: int | None = None) -> list[int]:
+        """The VQ-VAE codes of the image at ``path`` read at ``img_size`` (default ``image_size``) pixels."""
+        image = self.tokenizer.read_img(path, img_size or self.image_size)
+        return as_int_list(self.tokenizer(image)[0])
+
     def fill(self, ids: Sequence[int]) -> torch.Tensor:
-        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``."""
+        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``.
+
+        A sequence longer than the model takes is refused first (:meth:`check_length`).
+        """
+        self.check_length(len(ids))
         return filling_sequence(
             self.model,
             ids,

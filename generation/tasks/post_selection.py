@@ -1,7 +1,7 @@
-"""post-selection: score candidate images by how well the caption model predicts their shared text (§8.4).
+"""post-selection: score candidate images by how well the caption model predicts their shared text .
 
-Query line: ``text<TAB>image 1<TAB>image 2...``. Each image gives ``[BASE] [BOI1] [Image]{path} [EOI1]
-[ROI1] {text}``; its score is the sum over the text of log p(token | image, earlier text)
+Query line: ``text<TAB>image 1<TAB>image 2...``. Each image gives an image2text row, ``[BASE] [BOI1]
+[Image]{path} [EOI1] [ROI1] {text}``; its score is the sum over the text of log p(token | image, earlier text)
 (``generation.inverse_prompt_score``), higher is better. The scores, TAB-separated in the order of the
 images, go to ``scores.txt``, line n for input line n. A line with an unreadable image gets an ``error:``
 line there; the original skipped the image silently, shifting the scores of the others.
@@ -9,7 +9,9 @@ line there; the original skipped the image silently, shifting the scores of the 
 
 import torch
 
-from data_utils.unified_tokenizer import MASK, QueryError
+from data_utils import layouts
+from data_utils.layouts import MASK
+from data_utils.unified_tokenizer import QueryError
 from generation.scoring import inverse_prompt_score
 from generation.tasks.base import QueryResult, Task, TaskContext
 
@@ -17,9 +19,11 @@ from generation.tasks.base import QueryResult, Task, TaskContext
 def post_selection(ctx: TaskContext, fields: list[str]) -> QueryResult:
     """Score the images ``fields[1:]`` against the caption ``fields[0]``."""
     text, *paths = fields
-    rows = [ctx.parse(f"{ctx.size_token} [BOI1] [Image]{path} [EOI1] [ROI1] {text}") for path in paths]
-    if MASK in rows[0]:
+    text_ids = ctx.text_ids(text)
+    if MASK in text_ids:
         raise QueryError("a post-selection text cannot contain [MASK]: there is nothing to generate")
+    rows = [layouts.image2text(ctx.tokenizer, ctx.image_codes(path), text_ids) for path in paths]
+    ctx.check_length(len(rows[0]))
     step = ctx.args.max_inference_batch_size
     batches = [rows[i : i + step] for i in range(0, len(rows), step)]
     multiple = ctx.args.make_vocab_size_divisible_by

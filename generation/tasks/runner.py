@@ -13,11 +13,10 @@ import torch
 import torch.distributed as dist
 from tqdm import tqdm
 
+from common.errors import InputError
 from generation.inputs import Query, split_fields
 from generation.outputs import AlignedLines, ImageWriter
 from generation.tasks.base import Task, TaskContext
-
-QUERY_ERRORS = (ValueError, FileNotFoundError)  # what one query can get wrong; the rest ends the run
 
 
 def query_generator(seed: int, number: int, device: torch.device) -> torch.Generator:
@@ -56,7 +55,7 @@ def run_queries(
             query_id, fields = split_fields(query, task.fields, repeat_last=task.repeat_last, with_id=with_id)
             ctx.generator = query_generator(seed, query.number, device)
             result = task.run(ctx, fields)
-        except QUERY_ERRORS as error:
+        except InputError as error:  # a bad query; anything else is a bug and ends the run
             failures += 1
             tqdm.write(f"error: {query.where}: {error}", file=sys.stderr)
             results.record(query.number, f"error: {error}")

@@ -1,24 +1,23 @@
-"""super-resolution: a 256² image and its caption → one 512² image, drawn in 9 overlapping windows (§8.4).
+"""super-resolution: a 256² image and its caption → one 512² image, drawn in 9 overlapping windows.
 
 Query line: ``text<TAB>image path``. The image's 32×32 codes condition ``generation.magnify``, which fills a
-64×64 grid window by window (slow: nine generations of up to 1024 tokens). One image per query whatever
-``--batch-size``, as in the original; with ``--debug`` the grid shows the low-resolution input (its VQ-VAE
-reconstruction, upsampled) beside the result.
+64×64 grid window by window (slow: nine generations of up to 1024 tokens), each window a super-resolution
+row of ``data_utils.layouts``. One image per query whatever ``--batch-size``, as in the original; with
+``--debug`` the grid shows the low-resolution input (its VQ-VAE reconstruction, upsampled) beside the result.
 """
 
+from data_utils import layouts
 from generation.magnify import magnify
 from generation.tasks.base import QueryResult, Task, TaskContext
-
-WINDOW_MIDFIX_LENGTH = 5  # [EOI1] [ROI2] [POS0] [size] [BOI2] between a window's low-res crop and its block
 
 
 def super_resolution(ctx: TaskContext, fields: list[str]) -> QueryResult:
     """Draw the image ``fields[1]`` at twice its size, guided by the caption ``fields[0]``."""
     text, path = fields
-    ids = ctx.parse(f"[ROI1] {text} {ctx.size_token} [BOI1] [Image]{path}")
-    prompt, low = ids[: -ctx.num_codes], ids[-ctx.num_codes :]
+    prompt = layouts.super_resolution_prefix(ctx.tokenizer, ctx.text_ids(text), ctx.grid_side)
+    low = ctx.image_codes(path)
     # The longest window: prompt, a quarter of the low-res codes, the midfix and a full block of codes.
-    ctx.check_length(len(prompt) + ctx.num_codes // 4 + WINDOW_MIDFIX_LENGTH + ctx.num_codes)
+    ctx.check_length(len(prompt) + ctx.num_codes // 4 + len(layouts.SR_MIDFIX) + ctx.num_codes)
     high = magnify(
         ctx.model, ctx.tokenizer, low, prompt, ctx.args, generator=ctx.generator, progress=ctx.progress
     )
@@ -27,4 +26,4 @@ def super_resolution(ctx: TaskContext, fields: list[str]) -> QueryResult:
     return QueryResult(samples=[image], debug_images=[decode(low), image])
 
 
-TASK = Task("super-resolution", ("text", "image path"), super_resolution)
+TASK = Task(layouts.SUPER_RESOLUTION, ("text", "image path"), super_resolution)

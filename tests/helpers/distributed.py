@@ -3,7 +3,6 @@
 import datetime
 import io
 import os
-import socket
 import traceback
 from collections.abc import Callable
 from typing import Any
@@ -12,12 +11,16 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+TIMEOUT = datetime.timedelta(seconds=120)
 
-def free_port() -> int:
-    """A TCP port that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+
+def _rendezvous_store() -> dist.TCPStore:
+    """The rendezvous server, listening on a port the OS picked and held open until the workers are done.
+
+    Picking a free port and releasing it for the workers to bind would race with any other process that
+    binds one in between; here nothing is released.
+    """
+    return dist.TCPStore("127.0.0.1", 0, None, True, timeout=TIMEOUT, wait_for_workers=False)
 
 
 def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args: tuple, queue) -> None:
@@ -30,13 +33,8 @@ def _worker(rank: int, world_size: int, port: int, fn: Callable[..., Any], args:
     )
     torch.set_num_threads(1)
     try:
-        dist.init_process_group(
-            "gloo",
-            init_method=f"tcp://127.0.0.1:{port}",
-            rank=rank,
-            world_size=world_size,
-            timeout=datetime.timedelta(seconds=120),
-        )
+        store = dist.TCPStore("127.0.0.1", port, world_size, False, timeout=TIMEOUT)
+        dist.init_process_group("gloo", store=store, rank=rank, world_size=world_size, timeout=TIMEOUT)
         result = fn(rank, world_size, *args)
         buffer = io.BytesIO()  # plain bytes: shared-memory tensors would die with this process
         torch.save(result, buffer)
@@ -60,9 +58,10 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
     """
     context = mp.get_context("spawn")
     queue = context.SimpleQueue()
+    store = _rendezvous_store()  # kept open (referenced) until every worker has finished
     processes = mp.start_processes(
         _worker,
-        args=(world_size, free_port(), fn, args, queue),
+        args=(world_size, store.port, fn, args, queue),
         nprocs=world_size,
         join=False,
         start_method="spawn",
@@ -76,6 +75,7 @@ def run_distributed(fn: Callable[..., Any], world_size: int, *args: Any) -> list
         else:
             errors.append(f"rank {rank} failed:\n{payload}")
     processes.join()
+    del store
     if errors:
         raise AssertionError("\n".join(errors))
     return [results[rank] for rank in range(world_size)]

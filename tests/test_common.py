@@ -1,0 +1,127 @@
+"""The shared low-level pieces: atomic writes, device names, the input-error base, and the query loop."""
+
+import os
+import stat
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from common import atomic_files
+from common.atomic_files import atomic_torch_save, atomic_write_bytes, atomic_write_text, write_new
+from common.devices import DeviceError, parse_device, process_device, resolve_device
+from common.errors import InputError, MissingInputError
+from data_utils.unified_tokenizer import QueryError
+from generation.inputs import Query
+from generation.tasks.base import QueryResult, Task
+from generation.tasks.runner import run_queries
+
+
+def test_atomic_text_replaces_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / "sub" / "results.txt"
+    atomic_write_text(path, "first\n")
+    atomic_write_text(path, "second ✓\n")
+    assert path.read_text(encoding="utf-8") == "second ✓\n"
+    assert [p.name for p in path.parent.iterdir()] == ["results.txt"]
+
+
+def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):
+    umask = os.umask(0o022)
+    os.umask(umask)
+    path = atomic_write_bytes(tmp_path / "x.bin", b"\x00\x01")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask  # not mkstemp's 0600
+
+
+def test_failed_write_keeps_the_old_file(tmp_path, monkeypatch):
+    path = tmp_path / "ckpt.pt"
+    atomic_torch_save({"x": torch.ones(2)}, path)
+
+    def interrupted(obj, file):
+        file.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_torch_save({"x": torch.zeros(2)}, path)
+    monkeypatch.undo()
+    assert torch.equal(torch.load(path, weights_only=True)["x"], torch.ones(2))
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pt"]
+
+
+def test_the_rename_is_made_durable(tmp_path, monkeypatch):
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(
+        os, "fsync", lambda fd: synced.append(os.readlink(f"/proc/self/fd/{fd}")) or real_fsync(fd)
+    )
+    atomic_write_text(tmp_path / "a.txt", "a")
+    assert synced[-1] == str(tmp_path)  # the folder, after the file itself
+    assert Path(synced[-2]).parent == tmp_path
+
+
+def test_write_new_takes_the_next_free_name_with_the_suffix_kept(tmp_path):
+    suffixes = []
+    for _ in range(2):
+        write_new(tmp_path, "img", ".png", lambda temporary: suffixes.append(temporary.suffix))
+    assert suffixes == [".png", ".png"]  # PIL picks the format from the temporary name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["img-1.png", "img.png"]
+    assert next(atomic_files.numbered_names("a", ".x")) == "a.x"
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [("cpu", "cpu"), (" CUDA ", "cuda"), ("cuda:3", "cuda:3"), ("1", "cuda:1"), ("cuda:01", "cuda:1")],
+)
+def test_parse_device(text, name):
+    assert parse_device(text) == name
+
+
+@pytest.mark.parametrize("text", ["gpu", "cuda:", "cuda:-1", "-1", "mps0", ""])
+def test_parse_device_refuses_with_one_line(text):
+    with pytest.raises(DeviceError, match="is not a device: use cpu, cuda, cuda:N or a GPU index N"):
+        parse_device(text)
+
+
+def test_resolve_device_and_process_device(monkeypatch):
+    assert resolve_device("CPU") == torch.device("cpu")
+    assert resolve_device(torch.device("cuda", 5)) == torch.device("cuda", 5)
+    assert resolve_device(2) == torch.device("cuda", 2)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert process_device("cuda", local_rank=3) == torch.device("cuda", 1)
+    assert process_device("cuda:0", local_rank=3) == torch.device("cuda", 0)
+    assert process_device("cpu", local_rank=3) == torch.device("cpu")
+
+
+def test_input_errors_share_one_base_and_keep_the_old_bases():
+    from data_utils.datasets import DatasetNotFoundError
+    from generation.inputs import InputFileError
+    from model.checkpoint import CheckpointError
+    from vqvae.images import ImageReadError
+
+    for error in (QueryError, InputFileError, ImageReadError, CheckpointError, DeviceError):
+        assert issubclass(error, InputError) and issubclass(error, ValueError)
+    assert issubclass(DatasetNotFoundError, MissingInputError) and issubclass(
+        DatasetNotFoundError, FileNotFoundError
+    )
+
+
+def _context():
+    model = SimpleNamespace(word_embeddings=SimpleNamespace(weight=torch.zeros(1)))
+    return SimpleNamespace(model=model, generator=None)
+
+
+def test_runner_counts_bad_queries_and_lets_bugs_through():
+    def run(ctx, fields):
+        if fields[0] == "bad":
+            raise QueryError("the query is bad")
+        if fields[0] == "bug":
+            raise ValueError("7 is not divisible by 2")  # what mpu.divide raises
+        return QueryResult(line=fields[0].upper())
+
+    task = Task("echo", ("text",), run)
+    failures, results = run_queries(_context(), task, [Query(1, "good"), Query(2, "bad")], None)
+    assert failures == 1
+    assert results.lines == {1: "GOOD", 2: "error: the query is bad"}
+    with pytest.raises(ValueError, match="not divisible"):
+        run_queries(_context(), task, [Query(1, "good"), Query(2, "bug")], None)
