@@ -23,7 +23,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
-from generation.outputs import write_atomic  # noqa: E402  (after the repository is importable)
+from common.atomic_files import atomic_path  # noqa: E402  (after the repository is importable)
+from common.errors import InputError  # noqa: E402
 
 SSH_PORT = 2222  # the image's sshd port: the host's own sshd keeps 22 under --network=host
 BLOCK_BEGIN = "# BEGIN cogview nodes"
@@ -31,7 +32,7 @@ BLOCK_END = "# END cogview nodes"
 HOSTNAME_PATTERN = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*$")
 
 
-class ConnectionSetupError(ValueError):
+class ConnectionSetupError(InputError):
     """Bad node list: the message names the address or file."""
 
 
@@ -99,11 +100,9 @@ def hostfile_text(addresses: Sequence[str], slots: int) -> str:
 
 
 def _write_text(path: Path, text: str, mode: int) -> None:
-    def write(temporary: Path) -> None:
+    with atomic_path(path) as temporary:
         temporary.write_text(text, encoding="utf-8")
         temporary.chmod(mode)
-
-    write_atomic(path, write)
 
 
 def setup_connection(addresses: Sequence[str], home: Path, hostfile: Path, slots: int) -> None:
