@@ -15,7 +15,8 @@
 #   OPTIONS_NCCL         NCCL variables for the GPU processes (see each launcher)
 #   LAUNCHER_ARGS        more arguments for DeepSpeed's launcher, e.g. "--no_ssh --node_rank 1
 #                        --master_addr ADDR" to start each node's processes without ssh
-#   DEVICE, PRECISION    see common.sh (on the CPU: gloo and fp32)
+#   DEVICE, PRECISION    see common.sh (on the CPU: gloo and fp32; on a GPU the DeepSpeed config's fp16
+#                        or bf16 section has the last word)
 # Arguments given to the launcher go last, so they override the defaults here (the original put them
 # first, where the defaults overrode them).
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
