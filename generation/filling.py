@@ -2,23 +2,24 @@
 
 import argparse
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from tqdm import tqdm
 
 import mpu
-from data_utils import get_tokenizer
-from generation.sampling import InvalidSlices, Tokenizer, sample
+from data_utils.unified_tokenizer import tokenizer_or_default
+from generation.sampling import InvalidSlices, SamplingConfig, Tokenizer, sample
 from model import GPT2Model
 
 NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
+StepCallback = Callable[[int, int], None]  # (tokens generated so far, tokens to generate in all)
 
 
 def position_ids(ids: Sequence[int], context_length: int, roi2: int) -> list[int]:
     """Position of every token of ``ids``: ``i``, or ``i - offset`` after the last ``[ROI2]`` of the context.
 
-    This is the original inference layout (§8.3): ``[ROI2]`` keeps its absolute index and the tokens after
+    This is the original inference layout: ``[ROI2]`` keeps its absolute index and the tokens after
     it restart at 1, 2, 3, … (training gave ``[ROI2]`` itself position 0; the mismatch is kept because the
     released super-resolution weights were used this way). A ``[ROI2]`` after ``context_length`` does not
     move the offset, as in the original.
@@ -44,7 +45,7 @@ def batch_chunks(batch_size: int, max_inference_batch_size: int) -> list[int]:
 def filling_sequence(
     model: GPT2Model,
     seq: torch.Tensor | Sequence[int],
-    args: argparse.Namespace,
+    args: SamplingConfig | argparse.Namespace,
     mems: None = None,
     invalid_slices: Iterable[slice] = (),
     **kwargs,
@@ -56,9 +57,10 @@ def filling_sequence(
     goes through the model once (batch 1, shared by all samples); then each generated position costs one
     forward over the tokens not yet fed (the sampled one, plus any given tokens just before it), all on a
     key/value cache. Positions follow :func:`position_ids`; the allowed ids follow :class:`InvalidSlices`,
-    plus the ``invalid_slices`` given here (ignored by the original). Sampling reads ``args.temperature``,
-    ``args.top_k`` and ``args.top_p``; the samples are produced in forwards of at most
-    ``args.max_inference_batch_size`` (see :func:`batch_chunks`).
+    plus the ``invalid_slices`` given here (ignored by the original). ``args`` is a :class:`SamplingConfig`
+    or, as in the original, the argparse namespace it is read from: sampling uses ``temperature``,
+    ``top_k`` and ``top_p``, and the samples are produced in forwards of at most
+    ``max_inference_batch_size`` (see :func:`batch_chunks`).
 
     Given tokens after generated ones are appended to *every* sample. The original first collapsed the
     batch to its single most likely sample there (``shrink_beams``, a leftover of a removed beam search),
@@ -66,10 +68,14 @@ def filling_sequence(
 
     ``mems`` is kept for the original's signature only: the hidden-state memories it passed are replaced by
     the cache built here, so it must be None. Keyword options: ``tokenizer`` (default
-    ``data_utils.get_tokenizer()``), ``generator`` (a ``torch.Generator`` for reproducible sampling) and
-    ``progress`` (a tqdm bar over generated tokens, off by default). The model should be in eval mode.
+    ``data_utils.get_tokenizer()``), ``generator`` (a ``torch.Generator`` for reproducible sampling),
+    ``progress`` (a tqdm bar over generated tokens, off by default) and ``on_step`` (called after every
+    sampling step with the tokens generated so far and in all, counting every sample; an exception it
+    raises stops the generation there, which is how a server cancels abandoned work). The model should be
+    in eval mode.
     """
-    tokenizer, generator, progress = _options(kwargs)
+    tokenizer, generator, progress, on_step = _options(kwargs)
+    args = SamplingConfig.of(args)
     if mems is not None:
         raise ValueError("filling_sequence keeps its own key/value cache; mems must be None.")
     device = model.word_embeddings.weight.device
@@ -90,10 +96,20 @@ def filling_sequence(
     for token in ids[:context_length]:
         state.update(token)
     num_generated = sum(token < 0 for token in ids)
+    total = num_generated * args.batch_size
     with (
         torch.inference_mode(),
-        tqdm(total=num_generated * args.batch_size, disable=not progress, unit="token") as bar,
+        tqdm(total=total, disable=not progress, unit="token") as bar,
     ):
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            bar.update(count)
+            if on_step is not None:
+                on_step(done, total)
+
         cache = model.new_kv_cache(len(ids))
         first_logits = model.forward_cached(
             seq[None, :context_length],
@@ -118,7 +134,7 @@ def filling_sequence(
                     copy.copy(state),
                     args,
                     generator,
-                    bar,
+                    advance,
                 )
             )
     return torch.cat(samples)
@@ -133,11 +149,14 @@ def _fill_chunk(
     cache: mpu.KVCache,
     logits: torch.Tensor,
     state: InvalidSlices,
-    args: argparse.Namespace,
+    args: SamplingConfig,
     generator: torch.Generator | None,
-    bar: tqdm,
+    advance: Callable[[int], None],
 ) -> torch.Tensor:
-    """Generate one chunk of samples; ``cache`` holds the context, ``logits`` ``[b, allowed]`` follow it."""
+    """Generate one chunk of samples; ``cache`` holds the context, ``logits`` ``[b, allowed]`` follow it.
+
+    ``advance(n)`` is called after each step with the number of tokens it generated.
+    """
     size = logits.size(0)
     tokens = seq.repeat(size, 1)  # [b, L]; negative entries are overwritten as they are sampled
     fed = context_length  # tokens[:, :fed] are in the cache
@@ -159,20 +178,20 @@ def _fill_chunk(
         state.mask_(logits, first_id)
         sampled, _ = sample(logits, args.temperature, args.top_k, args.top_p, generator)
         tokens[:, index] = sampled + first_id
-        bar.update(size)
+        advance(size)
     return tokens
 
 
-def _options(kwargs: dict) -> tuple[Tokenizer, torch.Generator | None, bool]:
+def _options(kwargs: dict) -> tuple[Tokenizer, torch.Generator | None, bool, StepCallback | None]:
     """The keyword options of :func:`filling_sequence`; unknown ones are an error (catches typos)."""
-    unknown = set(kwargs) - {"tokenizer", "generator", "progress"}
+    unknown = set(kwargs) - {"tokenizer", "generator", "progress", "on_step"}
     if unknown:
         raise TypeError(f"filling_sequence got unexpected keyword arguments: {', '.join(sorted(unknown))}.")
-    tokenizer = kwargs.get("tokenizer")
     return (
-        tokenizer if tokenizer is not None else get_tokenizer(),
+        tokenizer_or_default(kwargs.get("tokenizer")),
         kwargs.get("generator"),
         bool(kwargs.get("progress", False)),
+        kwargs.get("on_step"),
     )
 
 

@@ -1,9 +1,9 @@
-"""Process set-up for generation (§8.1): device, dtype, process groups, seeds, tokenizer, model, weights.
+"""Process set-up for generation: device, dtype, process groups, seeds, tokenizer, model, weights.
 
 Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
 when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the
-``meta`` device and materialised directly in its final dtype and device, so a 4B model never exists
-twice in memory, and its weights come from ``--load`` (there is no random initialisation to waste).
+``meta`` device and materialised tensor by tensor from the memory-mapped checkpoint, in its final dtype
+and device, so a 4B model never exists twice in memory (there is no random initialisation to waste).
 """
 
 import argparse
@@ -20,8 +20,9 @@ from common.devices import process_device
 from common.errors import MissingInputError
 from common.paths import RELEASED_CHECKPOINTS_HINT, RELEASED_VQVAE_HINT
 from data_utils import UnifiedTokenizer, get_tokenizer
-from model import GPT2Model
+from model import GPT2Config, GPT2Model
 from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
+from model.offload import offload_layers
 from model.partition import padded_vocab_size
 
 DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT = "localhost", "6000"
@@ -122,29 +123,24 @@ def build_model(
     """``GPT2Model`` from the size arguments, loaded from ``--load``, in eval mode on ``device``.
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
-    (stored in ``args.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    (``model.config.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    The weights are converted tensor by tensor from the memory-mapped checkpoint straight into ``dtype``
+    on ``device`` (peak memory: the weights plus one tensor). With ``--offload`` they are loaded into CPU
+    memory and each transformer layer moves to ``device`` only while it runs (see
+    :func:`model.offload.offload_layers`).
     """
-    args.vocab_size = padded_vocab_size(
+    vocab_size = padded_vocab_size(
         num_tokens, mpu.get_model_parallel_world_size(), args.make_vocab_size_divisible_by
     )
+    config = GPT2Config.from_args(
+        args, vocab_size, parallel_output=False, max_memory_length=0, checkpoint_activations=False
+    )
     with torch.device("meta"):
-        model = GPT2Model(
-            num_layers=args.num_layers,
-            vocab_size=args.vocab_size,
-            hidden_size=args.hidden_size,
-            num_attention_heads=args.num_attention_heads,
-            embedding_dropout_prob=args.hidden_dropout,
-            attention_dropout_prob=args.attention_dropout,
-            output_dropout_prob=args.hidden_dropout,
-            max_sequence_length=args.max_position_embeddings,
-            max_memory_length=0,
-            checkpoint_activations=False,
-            parallel_output=False,
-            query_window=args.query_window,
-            key_window_times=args.key_window_times,
-            num_pivot=args.num_pivot,
-            pb_relax_attention=args.pb_relax_attention,
-        )
-    model = model.to(dtype).to_empty(device=device)
-    load_checkpoint(model, args.load, trust_checkpoint=args.trust_checkpoint)
+        model = GPT2Model(config)
+    model = model.to(dtype)  # still on meta: the dtype the checkpoint's tensors are converted to
+    load_checkpoint(
+        model, args.load, trust_checkpoint=args.trust_checkpoint, device="cpu" if args.offload else device
+    )
+    if args.offload:
+        offload_layers(model, device)
     return model.eval()

@@ -80,13 +80,18 @@ def _on_rank(rank: int, world_size: int, full_state: dict, folder: Path) -> dict
     mpu.destroy_model_parallel()
     mpu.initialize_model_parallel(1)  # the same two processes as two data-parallel replicas
     writes = []
-    write = checkpoint_module._atomic_write
+    save_file, write_text = checkpoint_module.atomic_torch_save, checkpoint_module.atomic_write_text
 
-    def recording_write(path, payload_writer):
+    def recording_save(payload, path):
         writes.append(Path(path).name)
-        write(path, payload_writer)
+        return save_file(payload, path)
 
-    checkpoint_module._atomic_write = recording_write
+    def recording_write_text(path, text):
+        writes.append(Path(path).name)
+        return write_text(path, text)
+
+    checkpoint_module.atomic_torch_save = recording_save
+    checkpoint_module.atomic_write_text = recording_write_text
     saved = build(full_state)
     save_checkpoint(saved, folder, 3)
     loaded = new_model()

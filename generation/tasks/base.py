@@ -3,7 +3,7 @@
 Sizes come from the loaded models instead of the original's constants, so small models work too: the
 code grid is ``image_size / downsampling`` of the VQ-VAE (256 / 8 = 32×32 = 1024 codes and ``[BASE]``
 for the released one; a ×32 VQ-VAE gives 8×8 = 64 codes and ``[TINY]``), and the query limit is
-``max(--max-position-embeddings, --max-position-embeddings-finetune)`` (§8.5).
+``max(--max-position-embeddings, --max-position-embeddings-finetune)``.
 """
 
 import argparse
@@ -17,6 +17,7 @@ from data_utils import UnifiedTokenizer
 from data_utils.layouts import SIZE_TOKENS
 from data_utils.unified_tokenizer import QueryError, as_int_list
 from generation.filling import filling_sequence
+from generation.sampling import SamplingConfig
 from model import GPT2Model
 
 DEFAULT_IMAGE_SIZE = 256
@@ -57,9 +58,8 @@ class QueryResult:
 class TaskContext:
     """The model, tokenizer and arguments a query runs with, and the helpers every task uses.
 
-    ``args`` supplies the sampling settings (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
-    ``max_inference_batch_size``) and the length limits. ``generator`` makes sampling reproducible;
-    ``progress`` shows a bar over generated tokens.
+    ``args`` supplies the sampling settings, read once into :attr:`sampling`, and the length limits.
+    ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens.
     """
 
     model: GPT2Model
@@ -69,9 +69,11 @@ class TaskContext:
     generator: torch.Generator | None = None
     progress: bool = False
     grid_side: int = field(init=False)
+    sampling: SamplingConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.grid_side = code_grid_side(self.tokenizer, self.image_size)
+        self.sampling = SamplingConfig.of(self.args)
 
     @property
     def num_codes(self) -> int:
@@ -115,7 +117,7 @@ class TaskContext:
         return filling_sequence(
             self.model,
             ids,
-            self.args,
+            self.sampling,
             tokenizer=self.tokenizer,
             generator=self.generator,
             progress=self.progress,

@@ -24,7 +24,7 @@ def post_selection(ctx: TaskContext, fields: list[str]) -> QueryResult:
         raise QueryError("a post-selection text cannot contain [MASK]: there is nothing to generate")
     rows = [layouts.image2text(ctx.tokenizer, ctx.image_codes(path), text_ids) for path in paths]
     ctx.check_length(len(rows[0]))
-    step = ctx.args.max_inference_batch_size
+    step = ctx.sampling.max_inference_batch_size
     batches = [rows[i : i + step] for i in range(0, len(rows), step)]
     multiple = ctx.args.make_vocab_size_divisible_by
     scores = torch.cat(
