@@ -13,8 +13,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY_COGVIEW_SIZES
-
 # pretrain_gpt2.py and its test helpers come from the training work (branch i10a), merged separately.
 pytest.importorskip("training.step", reason="pretrain_gpt2.py's training package is not merged yet")
 from tests.helpers.training import (
@@ -52,9 +50,6 @@ def launch(script: str, save: Path, data: Path, ds_config: Path, **env: str) -> 
         "DATASET_TYPE": "TokenizedDataset",
         "DS_CONFIG": str(ds_config),
         "SAVE_DIR": str(save),
-        "NUM_LAYERS": str(TINY_COGVIEW_SIZES["num_layers"]),
-        "HIDDEN_SIZE": str(TINY_COGVIEW_SIZES["hidden_size"]),
-        "NUM_ATTENTION_HEADS": str(TINY_COGVIEW_SIZES["num_attention_heads"]),
         **env,
     }
     argv = train_argv(data, "--train-iters", str(ITERATIONS), "--save-interval", str(ITERATIONS))
