@@ -2,29 +2,12 @@
 # original scripts, made to run anywhere. Environment:
 #   CHECKPOINT_PATH     model folder (each launcher's default is a released model in pretrained/cogview/)
 #   IMG_TOKENIZER_PATH  VQ-VAE file (default pretrained/vqvae/vqvae_hard_biggerset_011.pt)
-#   DEVICE              cpu, cuda, cuda:N or a GPU index (default: cuda when a GPU is usable, else cpu)
-#   PRECISION           fp16, bf16 or fp32 (default: fp16 on a GPU as the original, fp32 on the CPU,
-#                       where half precision is very slow)
+#   DEVICE, PRECISION   see common.sh
 # Arguments given to the launcher go last, so they override the defaults here (e.g. --batch-size 8,
 # --input-source my_queries.txt). Relative paths (input files, output folders) are relative to the
 # current directory, as in the original.
-set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$repo/env/setup.sh"
-python="$repo/.venv/bin/python"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 IMG_TOKENIZER_PATH="${IMG_TOKENIZER_PATH:-$repo/pretrained/vqvae/vqvae_hard_biggerset_011.pt}"
-if [ -z "${DEVICE:-}" ]; then
-  DEVICE="$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
-fi
-if [ "$DEVICE" = cpu ]; then
-  PRECISION="${PRECISION:-fp32}"
-fi
-case "${PRECISION:-fp16}" in
-  fp16) precision=(--fp16) ;;
-  bf16) precision=(--bf16) ;;
-  fp32) precision=() ;;
-  *) echo "PRECISION=$PRECISION is not one of fp16, bf16, fp32" >&2; exit 2 ;;
-esac
 
 # The released models' architecture (all three share it) and the device arguments.
 released_model=(
