@@ -33,6 +33,7 @@ from generation.runtime import (
 from generation.tasks import TASKS, TaskContext
 from generation.tasks.base import code_grid_side
 from generation.tasks.runner import run_queries, write_results
+from model import GPT2Model
 
 INTERACTIVE = "interactive"
 
@@ -49,6 +50,17 @@ def read_queries(args: argparse.Namespace) -> tuple[Iterable[Query], int | None]
     if args.world_size == 1:
         return interactive_queries(), None
     return shared_queries(interactive_queries() if args.rank == 0 else None), None
+
+
+def build_caption_model(args: argparse.Namespace, num_tokens: int, device: torch.device) -> GPT2Model | None:
+    """The ``--post-select-load`` caption model, when text2image post-selection uses a second checkpoint.
+
+    None otherwise: the task then scores with the main model (trained on both layouts, or, for the
+    post-selection task, the caption model itself).
+    """
+    if args.post_select == 1 or args.post_select_load is None:
+        return None
+    return build_model(args, num_tokens, device, model_dtype(args), load=args.post_select_load)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -77,7 +89,16 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
         image_size = args.image_size
         code_grid_side(tokenizer, image_size)  # fail before the (slow) model load
         model = build_model(args, tokenizer.num_tokens, device, model_dtype(args))
-        ctx = TaskContext(model, tokenizer, args, image_size=image_size, progress=True)
+        ctx = TaskContext(
+            model,
+            tokenizer,
+            args,
+            image_size=image_size,
+            progress=True,
+            guidance_scale=args.guidance_scale,
+            post_select=args.post_select,
+            caption_model=build_caption_model(args, tokenizer.num_tokens, device),
+        )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

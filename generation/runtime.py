@@ -46,6 +46,11 @@ def check_weights(args: argparse.Namespace) -> None:
         read_tracker(args.load)
     except CheckpointNotFoundError as error:
         raise MissingWeightsError(f"{error}: {where}") from error
+    if args.post_select_load is not None:
+        try:
+            read_tracker(args.post_select_load)
+        except CheckpointNotFoundError as error:
+            raise MissingWeightsError(f"--post-select-load: {error}") from error
     vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE_HINT} or pass --img-tokenizer-path FILE"
     if args.img_tokenizer_path is None:
         raise MissingWeightsError(f"no VQ-VAE given: {vqvae_where}")
@@ -117,9 +122,15 @@ def build_tokenizer(args: argparse.Namespace, device: torch.device) -> UnifiedTo
 
 
 def build_model(
-    args: argparse.Namespace, num_tokens: int, device: torch.device, dtype: torch.dtype = torch.float32
+    args: argparse.Namespace,
+    num_tokens: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    load: str | os.PathLike | None = None,
 ) -> GPT2Model:
-    """``GPT2Model`` from the size arguments, loaded from ``--load``, in eval mode on ``device``.
+    """``GPT2Model`` from the size arguments, loaded from ``load`` (default ``--load``), eval, on ``device``.
+
+    ``load`` serves a second model of the same architecture, e.g. the ``--post-select-load`` caption model.
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
     (stored in ``args.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
@@ -146,5 +157,5 @@ def build_model(
             pb_relax_attention=args.pb_relax_attention,
         )
     model = model.to(dtype).to_empty(device=device)
-    load_checkpoint(model, args.load, trust_checkpoint=args.trust_checkpoint)
+    load_checkpoint(model, load or args.load, trust_checkpoint=args.trust_checkpoint)
     return model.eval()

@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import generation.tasks.post_selection
+import generation.scoring
 from common.errors import InputError
 from data_utils import layouts
 from data_utils.datasets import load_row, open_lmdb
@@ -34,7 +34,8 @@ class RecordingContext(TaskContext):
     truth: list[int] = field(default_factory=list)
     seen: list[list[int]] = field(default_factory=list)
 
-    def fill(self, ids):
+    def fill(self, ids, batch_size=None, unconditional=None):
+        assert batch_size is None and unconditional is None  # the quality levers are off here
         self.check_length(len(ids))
         self.seen.append(list(ids))
         return torch.tensor([[t if i == MASK else i for i, t in zip(ids, self.truth, strict=True)]])
@@ -101,7 +102,7 @@ def test_image2text_query_and_post_selection_rows_are_the_training_row(
 
     scored = []
     monkeypatch.setattr(
-        generation.tasks.post_selection,
+        generation.scoring,
         "inverse_prompt_score",
         lambda model, rows, tokenizer, multiple: scored.extend(rows) or torch.zeros(len(rows)),
     )
