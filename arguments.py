@@ -304,7 +304,8 @@ def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
         type=str,
         default=None,
         help="(added) the caption model scoring --post-select candidates (e.g. cogview-caption), same "
-        "architecture as --load; default: the --load model itself (one model trained on both layouts)",
+        "architecture as --load, loaded only with K > 1; default: the --load model itself (one model "
+        "trained on both layouts)",
     )
 
 
@@ -432,18 +433,15 @@ def _check_sparse(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
 
 def _check_quality_levers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """--guidance-scale and --post-select are text2image options; --post-select-load belongs to the latter."""
-    if args.generation_task != "text2image":
-        for flag, value, off in (
-            ("--guidance-scale", args.guidance_scale, 1.0),
-            ("--post-select", args.post_select, 1),
-        ):
-            if value != off:
-                parser.error(f"{flag} applies to --generation-task text2image only")
-    if args.post_select_load is not None and args.post_select == 1:
-        parser.error(
-            "--post-select-load names the model that scores --post-select candidates; give K > 1"
-        )
+    """--guidance-scale and --post-select are text2image options."""
+    if args.generation_task == "text2image":
+        return
+    for flag, value, off in (
+        ("--guidance-scale", args.guidance_scale, 1.0),
+        ("--post-select", args.post_select, 1),
+    ):
+        if value != off:
+            parser.error(f"{flag} applies to --generation-task text2image only")
 
 
 def _env_int(parser: argparse.ArgumentParser, name: str, default: int | None = None) -> int | None:

@@ -46,7 +46,7 @@ def check_weights(args: argparse.Namespace) -> None:
         read_tracker(args.load)
     except CheckpointNotFoundError as error:
         raise MissingWeightsError(f"{error}: {where}") from error
-    if args.post_select_load is not None:
+    if args.post_select_load is not None and args.post_select > 1:
         try:
             read_tracker(args.post_select_load)
         except CheckpointNotFoundError as error:

@@ -38,6 +38,7 @@ PAD, BOI1, BOI2, EOI1, ROI1, ROI2, TINY, SMALL, POS0 = (
     CMD + 18,
 )
 
+
 class Reference:
     """Tokenises samples independently of the tool: SentencePiece directly, VQ-VAE via vqvae.read_img."""
 

@@ -227,7 +227,6 @@ def test_text2image_cli_post_selects_with_a_caption_model_and_names_unknown_word
     [
         (["--generation-task", "image2text", "--guidance-scale", "2"], "--guidance-scale applies to"),
         (["--generation-task", "post-selection", "--post-select", "4"], "--post-select applies to"),
-        (["--post-select-load", "somewhere"], "give K > 1"),
         (["--post-select", "0"], "--post-select: must be at least 1, got 0"),
     ],
 )
