@@ -1,4 +1,4 @@
-"""CogView's command line: every argument of the original (reference §2) plus a few marked additions.
+"""CogView's command line: every argument of the original plus a few marked additions.
 
 `get_args()` is shared by generation, training and the tools. Names, types and defaults follow the
 original exactly, underscores included (`--top_k`, `--top_p`, `--local_rank`, `--cpu_torch_adam`).
@@ -8,19 +8,17 @@ parse. Additions and changes say "(added)" or "(changed)" in their help.
 
 import argparse
 import json
-import os
-import subprocess
 from collections.abc import Sequence
 
 import torch
 
 from common.devices import DeviceError, check_device_exists, parse_device
+from common.process_env import LauncherEnvError, discover_process_env
 from data_utils.datasets import DATASET_TYPES
 from generation.tasks import TASKS
 from learning_rates import DECAY_STYLES
 
 GENERATION_TASKS = list(TASKS)
-MPI_MASTER_PORT = "29500"
 
 
 def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -444,76 +442,17 @@ def _check_quality_levers(parser: argparse.ArgumentParser, args: argparse.Namesp
             parser.error(f"{flag} applies to --generation-task text2image only")
 
 
-def _env_int(parser: argparse.ArgumentParser, name: str, default: int | None = None) -> int | None:
-    """Integer environment variable `name`, `default` when unset or empty; a clear error when not an int."""
-    raw = os.environ.get(name, "")
-    if raw == "":
-        return default
-    try:
-        return int(raw)
-    except ValueError:
-        parser.error(f"environment variable {name}={raw!r} is not an integer")
-
-
 def _resolve_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """rank, world_size and local_rank from the launcher's environment; model parallelism capped by it.
+    """``args.rank``, ``world_size`` and ``local_rank`` (the original's derived fields) from the launcher.
 
-    Order as the original: RANK/WORLD_SIZE (defaults 0/1), then `--deepspeed_mpi` (mpi4py), else
-    OpenMPI's mpirun with optional SLURM node variables. Added: `--local_rank` falls back to env
-    LOCAL_RANK, which torchrun sets instead of passing the argument.
-    """
-    args.rank = _env_int(parser, "RANK", 0)
-    args.world_size = _env_int(parser, "WORLD_SIZE", 1)
-    if args.local_rank is None:
-        args.local_rank = _env_int(parser, "LOCAL_RANK")
-    if args.deepspeed_mpi:
-        _define_env_from_mpi(parser, args)
-    elif os.environ.get("OMPI_COMM_WORLD_LOCAL_RANK"):
-        _define_env_from_openmpi(parser, args)
-    args.model_parallel_size = min(args.model_parallel_size, args.world_size)
-
-
-def _define_env_from_openmpi(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """Ranks under mpirun: OpenMPI gives the local rank and size, SLURM (if any) the node count and id."""
-    local_rank = _env_int(parser, "OMPI_COMM_WORLD_LOCAL_RANK")
-    local_size = _env_int(parser, "OMPI_COMM_WORLD_LOCAL_SIZE")
-    if local_size is None:
-        parser.error("OMPI_COMM_WORLD_LOCAL_RANK is set but OMPI_COMM_WORLD_LOCAL_SIZE is not")
-    num_nodes = _env_int(parser, "SLURM_JOB_NUM_NODES", 1)
-    node_id = _env_int(parser, "SLURM_NODEID", 0)
-    args.local_rank = local_rank
-    args.rank = node_id * local_size + local_rank
-    args.world_size = num_nodes * local_size
-
-
-def _first_host_address() -> str:
-    """This host's first IP address (`hostname -I`), used as the MPI master address."""
-    return subprocess.run(["hostname", "-I"], check=True, capture_output=True, text=True).stdout.split()[0]
-
-
-def _define_env_from_mpi(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
-    """`--deepspeed_mpi`: ranks from MPI, master = rank 0's address on port 29500, written to the env.
-
-    The local rank counts the lower ranks on the same host (host names assumed unique per node). Also
-    writes LOCAL_RANK (added), which current DeepSpeed requires.
+    The discovery itself is ``common.process_env``; model parallelism is capped by the world size.
     """
     try:
-        from mpi4py import MPI
-    except ImportError:
-        parser.error("--deepspeed_mpi needs the mpi4py package, which is not installed")
-    comm = MPI.COMM_WORLD
-    rank, world_size = comm.Get_rank(), comm.Get_size()
-    master_addr = comm.bcast(_first_host_address() if rank == 0 else None, root=0)
-    host = MPI.Get_processor_name()
-    local_rank = comm.allgather(host)[:rank].count(host)
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE=str(world_size),
-        LOCAL_RANK=str(local_rank),
-        MASTER_ADDR=master_addr,
-        MASTER_PORT=MPI_MASTER_PORT,
-    )
-    args.rank, args.world_size, args.local_rank = rank, world_size, local_rank
+        env = discover_process_env(args.local_rank, use_mpi=args.deepspeed_mpi)
+    except LauncherEnvError as error:
+        parser.error(str(error))
+    args.rank, args.world_size, args.local_rank = env.rank, env.world_size, env.local_rank
+    args.model_parallel_size = min(args.model_parallel_size, args.world_size)
 
 
 def _resolve_precision(args: argparse.Namespace) -> None:

@@ -1,4 +1,4 @@
-"""Generate with CogView: text → image, image → text, super-resolution, post-selection, raw queries (§8).
+"""Generate with CogView: text → image, image → text, super-resolution, post-selection, raw queries.
 
     python generate_samples.py --generation-task text2image --input-source input.txt --top_k 200 \\
         --load pretrained/cogview/cogview-base --num-layers 48 --hidden-size 2560 --num-attention-heads 40 \\

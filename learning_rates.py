@@ -1,6 +1,6 @@
 """The learning-rate schedule of CogView pretraining: linear warmup, then linear, cosine or constant decay.
 
-Faithful to the original `AnnealingLR` (reference §9.2), quirks included, because the released training
+Faithful to the original `AnnealingLR`, quirks included, because the released training
 schedules (for example `--lr-decay-style cosine --warmup .1`) were tuned with them.
 """
 

@@ -73,6 +73,13 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         temporary.unlink(missing_ok=True)
 
 
+def write_atomic(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Call ``write(temporary_path)``, which writes a file there by name, and make it ``path``."""
+    with atomic_path(path) as temporary:
+        write(temporary)
+    return Path(path)
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], None]) -> Path:
     """Call ``write(file)`` on a binary file that becomes ``path`` once ``write`` returns."""
     with atomic_path(path) as temporary, open(temporary, "wb") as file:

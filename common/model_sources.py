@@ -24,8 +24,8 @@ and ``--load-sr`` added for the others present. For example::
     text2image: --load text2image --post-select-load caption
     caption: --load caption
 
-Run as ``python -m common.model_sources ROLE [ARGS...]``: prints the arguments to use, one per line, on
-stdout, and the one line saying which model it is on stderr.
+Run as ``python -m common.model_sources ROLE [ARGS...]``: prints the source (``ModelChoice.source``), then
+the arguments to use, one per line, on stdout, and the one line saying which model it is on stderr.
 """
 
 import os
@@ -66,8 +66,13 @@ class ManifestError(InputError):
 
 @dataclass(frozen=True)
 class ModelChoice:
-    """The arguments that select a role's model, and the line saying which it is (None: nothing to say)."""
+    """The arguments that select a role's model, and the line saying which it is (None: nothing to say).
 
+    ``source``: ``given``, ``released``, ``bundled``, or ``missing`` (the arguments then name the released
+    paths, for ``generate_samples.py`` to report).
+    """
+
+    source: str
     arguments: list[str]
     notice: str | None
 
@@ -147,7 +152,7 @@ def _released(role: str, pretrained: Path) -> ModelChoice | None:
         for other, flag in WEB_ROLES.items():
             if _is_checkpoint(extra := pretrained / "cogview" / RELEASED_FOLDERS[other]):
                 arguments += [flag, str(extra)]
-    return ModelChoice(arguments, f"using the released CogView weights in {folder}")
+    return ModelChoice("released", arguments, f"using the released CogView weights in {folder}")
 
 
 def _bundled(role: str, pretrained: Path) -> ModelChoice | None:
@@ -166,6 +171,7 @@ def _bundled(role: str, pretrained: Path) -> ModelChoice | None:
             if load is not None and all(path.exists() for path in _named_paths(extra)):
                 arguments += [flag, load]
     return ModelChoice(
+        "bundled",
         arguments,
         f"the released weights are not in {pretrained / 'cogview'}; using the bundled demo models "
         f"({manifest})",
@@ -187,19 +193,19 @@ def choose_model(
         raise ValueError(f"unknown role {role!r}; roles are {', '.join(ROLES)}")
     given_vqvae = ["--img-tokenizer-path", vqvae or str(pretrained / RELEASED_VQVAE)]
     if _load_value(user_arguments) is not None:
-        return ModelChoice(given_vqvae, None)
+        return ModelChoice("given", given_vqvae, None)
     if checkpoint:
-        return ModelChoice(["--load", checkpoint, *given_vqvae], None)
+        return ModelChoice("given", ["--load", checkpoint, *given_vqvae], None)
     choice = _released(role, pretrained) or _bundled(role, pretrained)
     if choice is not None:
         extra = ["--img-tokenizer-path", vqvae] if vqvae else []
-        return ModelChoice([*choice.arguments, *extra], choice.notice)
+        return ModelChoice(choice.source, [*choice.arguments, *extra], choice.notice)
     folder = pretrained / "cogview" / RELEASED_FOLDERS["text2image" if role == "web" else role]
-    return ModelChoice(["--load", str(folder), *given_vqvae], None)
+    return ModelChoice("missing", ["--load", str(folder), *given_vqvae], None)
 
 
 def main(argv: Sequence[str]) -> int:
-    """``ROLE [USER ARGS...]`` → the arguments on stdout (one per line), the notice on stderr."""
+    """``ROLE [USER ARGS...]`` → source and arguments on stdout, one per line; the notice on stderr."""
     role, *user_arguments = argv
     try:
         choice = choose_model(
@@ -217,7 +223,7 @@ def main(argv: Sequence[str]) -> int:
     if any("\n" in argument for argument in choice.arguments):
         print(f"error: a model path contains a line break: {choice.arguments!r}", file=sys.stderr)
         return 2
-    print("\n".join(choice.arguments))
+    print("\n".join([choice.source, *choice.arguments]))
     return 0
 
 

@@ -1,6 +1,6 @@
 """Tokenizers, sequence templates, token datasets and loaders (the original `data_utils` names)."""
 
-from data_utils.configure_data import detect_new_datasets, make_dataset, make_loaders
+from data_utils.configure_data import build_loaders, detect_new_datasets, make_dataset, make_loaders
 from data_utils.dataset_writers import BinaryWriter, LMDBWriter, write_binary, write_lmdb
 from data_utils.datasets import BinaryDataset, LMDBDataset, get_dataset_by_type
 from data_utils.templates import Code2CodeTemplate, PureTextTemplate, TextCodeTemplate, concat_codes
@@ -16,6 +16,7 @@ __all__ = [
     "PureTextTemplate",
     "TextCodeTemplate",
     "UnifiedTokenizer",
+    "build_loaders",
     "concat_codes",
     "detect_new_datasets",
     "get_dataset_by_type",

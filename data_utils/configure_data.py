@@ -1,4 +1,4 @@
-"""Assembling datasets into train/valid/test loaders (reference §7.4).
+"""Assembling datasets into train/valid/test loaders.
 
 Kept from the original:
   * several `--train-data` paths are concatenated; a path whose string contains `t2i` counts 4 times and one
@@ -18,6 +18,7 @@ import os
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -173,16 +174,24 @@ def make_data_loader(
     )
 
 
-def make_loaders(
+class Loaders(NamedTuple):
+    """The train, valid and test loaders; None where there is no such data."""
+
+    train: DataLoader | None
+    valid: DataLoader | None
+    test: DataLoader | None
+
+
+def build_loaders(
     args: argparse.Namespace,
     tokenizer: UnifiedTokenizer | None = None,
     rank: int | None = None,
     world_size: int | None = None,
-) -> tuple[DataLoader | None, DataLoader | None, DataLoader | None]:
+) -> Loaders:
     """Train, valid and test loaders from `--train-data` (split by `--split`), `--valid-data`, `--test-data`.
 
-    Sets `args.do_train`, `args.do_valid`, `args.do_test`. Batch sizes are per rank (`--batch-size`,
-    `--eval-batch-size`, default the batch size); the loaders use global batches of that × data-parallel size.
+    Batch sizes are per rank (`--batch-size`, `--eval-batch-size`, default the batch size); the loaders
+    use global batches of that × data-parallel size. `args` is only read.
     """
     world_size = mpu.get_data_parallel_world_size() if world_size is None else world_size
     batch_size = args.batch_size * world_size
@@ -202,11 +211,22 @@ def make_loaders(
         return None if dataset is None else make_data_loader(dataset, size, args, rank, world_size)
 
     train_loader = loader(train, batch_size) if args.batch_size > 0 else None
-    valid_loader, test_loader = loader(valid, eval_batch_size), loader(test, eval_batch_size)
-    args.do_train, args.do_valid, args.do_test = (
-        x is not None for x in (train_loader, valid_loader, test_loader)
-    )
-    return train_loader, valid_loader, test_loader
+    return Loaders(train_loader, loader(valid, eval_batch_size), loader(test, eval_batch_size))
+
+
+def make_loaders(
+    args: argparse.Namespace,
+    tokenizer: UnifiedTokenizer | None = None,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> Loaders:
+    """The original's call form of :func:`build_loaders`: also sets `args.do_train`, `do_valid`, `do_test`.
+
+    The original's training loop reads those flags; code of this repository uses `build_loaders`.
+    """
+    loaders = build_loaders(args, tokenizer, rank, world_size)
+    args.do_train, args.do_valid, args.do_test = (loader is not None for loader in loaders)
+    return loaders
 
 
 def detect_new_datasets(

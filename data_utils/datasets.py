@@ -1,4 +1,4 @@
-"""Token datasets on disk (reference §7.1, §7.2) and the padding / loss mask every training sample gets.
+"""Token datasets on disk (LMDB and compact binary) and the padding / loss mask every training sample gets.
 
 Formats, unchanged from the original so existing data loads as is:
   * LMDB (`TokenizedDataset`, `TextCodeDataset`): key `length` = number of samples as decimal ASCII, key
@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 from common.errors import InputError, MissingInputError
 from data_utils.lmdb_file import LMDBFileError, check_lmdb_file
 from data_utils.templates import TextCodeTemplate
-from data_utils.unified_tokenizer import UnifiedTokenizer, get_tokenizer
+from data_utils.unified_tokenizer import UnifiedTokenizer, tokenizer_or_default
 
 DATASET_TYPES = ("TokenizedDataset", "TextCodeDataset", "CompactBinaryDataset")
 BINARY_TEXT_LENGTH = 64  # text slots of a compact binary row
@@ -265,7 +265,7 @@ def get_dataset_by_type(
     `args` supplies `max_position_embeddings`, `finetune` and `max_position_embeddings_finetune`; the
     tokenizer defaults to `get_tokenizer(args)`.
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer(args)
+    tokenizer = tokenizer_or_default(tokenizer, args)
     process_fn = RowProcessor(dataset_type, sequence_length(args), tokenizer)
     if dataset_type == "CompactBinaryDataset":
         return BinaryDataset(path, process_fn)

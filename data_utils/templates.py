@@ -1,4 +1,4 @@
-"""Training-sequence templates of the original (reference §6.4): how text and image codes are laid out.
+"""The original's training-sequence templates: how text and image codes are laid out (`data_utils.layouts`).
 
 Each template takes the tokenizer explicitly (`tokenizer=`) and falls back to the process-wide one from
 `get_tokenizer()`, as the original did.
@@ -7,7 +7,7 @@ Each template takes the tokenizer explicitly (`tokenizer=`) and falls back to th
 import numpy as np
 import torch
 
-from data_utils.unified_tokenizer import Code, UnifiedTokenizer, get_tokenizer
+from data_utils.unified_tokenizer import Code, UnifiedTokenizer, tokenizer_or_default
 
 
 def concat_codes(*codes: Code) -> Code:
@@ -27,7 +27,7 @@ def TextCodeTemplate(text: str | Code, code: Code, *, tokenizer: UnifiedTokenize
 
     `text` is a string (encoded here) or already unified text ids (e.g. from a compact binary file).
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
+    tokenizer = tokenizer_or_default(tokenizer)
     roi = [tokenizer["[ROI1]"]]
     text_ids = roi + tokenizer(text) if isinstance(text, str) else concat_codes(np.array(roi), text)
     return concat_codes(text_ids, tokenizer.wrap_code(code))
@@ -40,12 +40,12 @@ def Code2CodeTemplate(
 
     A string `text` goes through `parse_query`, so it may contain command names (e.g. "[ROI1] 一只猫 [ROI2]").
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
+    tokenizer = tokenizer_or_default(tokenizer)
     text_ids = tokenizer.parse_query(text) if isinstance(text, str) else text
     return concat_codes(text_ids, tokenizer.wrap_code(code0), tokenizer.wrap_code(code1, idx=2))
 
 
 def PureTextTemplate(text: str, *, tokenizer: UnifiedTokenizer | None = None) -> list[int]:
     """`text [SEP]`, the unit of the text-only language-model data."""
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
+    tokenizer = tokenizer_or_default(tokenizer)
     return [*tokenizer(text), tokenizer["[SEP]"]]

@@ -1,4 +1,4 @@
-"""One id space for image codes, text pieces and command tokens (reference §6.2), and its query language.
+"""One id space for image codes, text pieces and command tokens, and its query language.
 
 Layout, derived from the two tokenizers' sizes (the released ones give the numbers in brackets):
 
@@ -275,3 +275,15 @@ def get_tokenizer(
             txt_tokenizer_path=getattr(args, "text_tokenizer_path", None),
         )
     return _TOKENIZER
+
+
+def tokenizer_or_default(
+    tokenizer: UnifiedTokenizer | None, args: argparse.Namespace | None = None
+) -> UnifiedTokenizer:
+    """``tokenizer``, or the process-wide one (built from ``args`` if need be) when it is None.
+
+    The one fallback for the original's call forms that pass no tokenizer (``filling_sequence(model, seq,
+    args)``, the templates, ``inverse_prompt_score(model, seq, args)``, ``get_dataset_by_type(type, path,
+    args)``); this repository's own code always passes one.
+    """
+    return tokenizer if tokenizer is not None else get_tokenizer(args)

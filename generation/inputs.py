@@ -1,4 +1,4 @@
-"""Where generation queries come from: a file (split over processes) or the interactive prompt (§8.5).
+"""Where generation queries come from: a file (split over processes) or the interactive prompt.
 
 A query is one line of TAB-separated fields, e.g. ``text`` for text2image or ``text<TAB>img1<TAB>img2``
 for post-selection; with ``--with-id`` the first field is an id naming the query's output folder.

@@ -1,4 +1,4 @@
-"""Where generated images and text go, written atomically and never over another query's files (§8.6).
+"""Where generated images and text go, written atomically and never over another query's files.
 
 Naming follows the original, with the overwrites removed:
 
@@ -12,7 +12,7 @@ Naming follows the original, with the overwrites removed:
 * per-line results (captions, scores) go to one text file aligned with the input, line n for line n.
 
 Images are clamped to [0, 1] when saved. The original min-max stretched each saved image (or grid) to
-[0, 1] instead (``save_image(normalize=True)``, §12.9), which changed colours and contrast per image.
+[0, 1] instead (``save_image(normalize=True)``), which changed colours and contrast per image.
 Every file is written to a temporary name in the same folder and renamed, so no reader ever sees a
 half-written file.
 """
@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
-from common.atomic_files import atomic_path, atomic_write_text, numbered_names, write_new
+from common.atomic_files import atomic_write_text, numbered_names, write_atomic, write_new
 from vqvae import to_pil
 
 GRID_COLUMNS = 8
@@ -89,9 +89,7 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     The format follows the suffix of ``path``.
     """
     picture = to_pil(image)
-    with atomic_path(path) as temporary:
-        picture.save(temporary)
-    return path
+    return write_atomic(path, lambda temporary: picture.save(temporary))
 
 
 def save_text(text: str, path: str | os.PathLike) -> Path:

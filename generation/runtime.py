@@ -1,4 +1,4 @@
-"""Process set-up for generation (§8.1): device, dtype, process groups, seeds, tokenizer, model, weights.
+"""Process set-up for generation: device, dtype, process groups, seeds, tokenizer, model, weights.
 
 Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
 when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the
@@ -20,7 +20,7 @@ from common.devices import process_device
 from common.errors import MissingInputError
 from common.paths import RELEASED_CHECKPOINTS_HINT, RELEASED_VQVAE_HINT
 from data_utils import UnifiedTokenizer, get_tokenizer
-from model import GPT2Model
+from model import GPT2Config, GPT2Model
 from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
 from model.partition import padded_vocab_size
 
@@ -133,29 +133,16 @@ def build_model(
     ``load`` serves a second model of the same architecture, e.g. the ``--post-select-load`` caption model.
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
-    (stored in ``args.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    (``model.config.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
     """
-    args.vocab_size = padded_vocab_size(
+    vocab_size = padded_vocab_size(
         num_tokens, mpu.get_model_parallel_world_size(), args.make_vocab_size_divisible_by
     )
+    config = GPT2Config.from_args(
+        args, vocab_size, parallel_output=False, max_memory_length=0, checkpoint_activations=False
+    )
     with torch.device("meta"):
-        model = GPT2Model(
-            num_layers=args.num_layers,
-            vocab_size=args.vocab_size,
-            hidden_size=args.hidden_size,
-            num_attention_heads=args.num_attention_heads,
-            embedding_dropout_prob=args.hidden_dropout,
-            attention_dropout_prob=args.attention_dropout,
-            output_dropout_prob=args.hidden_dropout,
-            max_sequence_length=args.max_position_embeddings,
-            max_memory_length=0,
-            checkpoint_activations=False,
-            parallel_output=False,
-            query_window=args.query_window,
-            key_window_times=args.key_window_times,
-            num_pivot=args.num_pivot,
-            pb_relax_attention=args.pb_relax_attention,
-        )
+        model = GPT2Model(config)
     model = model.to(dtype).to_empty(device=device)
     load_checkpoint(model, load or args.load, trust_checkpoint=args.trust_checkpoint)
     return model.eval()

@@ -1,10 +1,13 @@
 """One sampling step: temperature, top-k / top-p filters, the allowed-id state machine, multinomial draw.
 
-Reference §8.2. The original's order is kept: divide by the temperature, forbid the invalid ids, filter
+The original's order is kept: divide by the temperature, forbid the invalid ids, filter
 with top-k and top-p, softmax, draw. ``top_k = top_p = 0`` is plain ancestral sampling (not greedy).
 """
 
+import argparse
+import importlib
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
 
 import torch
@@ -18,6 +21,34 @@ class Tokenizer(Protocol):
 
     def __len__(self) -> int: ...
     def __getitem__(self, command_token: str) -> int: ...
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How generation samples: the filters of :func:`sample` and how many samples, in forwards of how many.
+
+    Built once from the command line (:meth:`of`) instead of reading and copying the argparse namespace
+    deep inside the sampler.
+    """
+
+    temperature: float
+    top_k: int
+    top_p: float
+    batch_size: int
+    max_inference_batch_size: int
+
+    @classmethod
+    def of(cls, settings: "SamplingConfig | argparse.Namespace") -> "SamplingConfig":
+        """``settings`` itself, or the config of an argparse namespace (the original's ``args``)."""
+        if isinstance(settings, cls):
+            return settings
+        return cls(
+            temperature=settings.temperature,
+            top_k=settings.top_k,
+            top_p=settings.top_p,
+            batch_size=settings.batch_size,
+            max_inference_batch_size=settings.max_inference_batch_size,
+        )
 
 
 def top_k_logits(
@@ -93,10 +124,6 @@ class InvalidSlices:
         self.extra = list(extra)
         self.allowed = self._text_range
 
-    def reset(self) -> None:
-        """Back to the text state (the start of a sequence)."""
-        self.allowed = self._text_range
-
     def update(self, token: int) -> None:
         """Move the state past a given token."""
         self.allowed = self._transitions.get(int(token), self.allowed)
@@ -118,3 +145,18 @@ class InvalidSlices:
             if start < stop:
                 logits[..., start - first_id : stop - first_id] = -float("inf")
         return logits
+
+
+# The original's generation.sampling also held the sequence filler, its batch helper and post-selection
+# scoring. They live in their own modules, which import this one, so they are looked up on first use.
+_MOVED = {
+    "filling_sequence": "generation.filling",
+    "get_batch": "generation.batch",
+    "inverse_prompt_score": "generation.scoring",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        return getattr(importlib.import_module(_MOVED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

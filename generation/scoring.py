@@ -1,13 +1,13 @@
 """Post-selection: rank candidate images by how well the caption model predicts the shared text from each."""
 
+import argparse
 from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 
 import mpu
-from data_utils import get_tokenizer
-from data_utils.unified_tokenizer import QueryError
+from data_utils.unified_tokenizer import QueryError, tokenizer_or_default
 from generation.filling import position_ids
 from generation.sampling import Tokenizer
 from model import GPT2Model
@@ -34,7 +34,7 @@ def text_start(row: Sequence[int], tokenizer: Tokenizer) -> int:
 def inverse_prompt_score(
     model: GPT2Model,
     seqs: torch.Tensor | Sequence[Sequence[int]],
-    tokenizer: Tokenizer | None = None,
+    tokenizer: Tokenizer | argparse.Namespace | None = None,
     make_vocab_size_divisible_by: int = 128,
 ) -> torch.Tensor:
     """Scores ``[b]``: per row of ``seqs``, the sum over its text of log p(token | image, previous text).
@@ -44,9 +44,15 @@ def inverse_prompt_score(
     (their logits set to −inf) and the log-softmax runs over the vocabulary padded as at model-parallel
     size 1 (``make_vocab_size_divisible_by``, the model's padding multiple), so the scores do not depend
     on the model-parallel size. The sum is not length-normalised, which does not change the ranking of
-    rows sharing a text.
+    rows sharing a text. ``tokenizer`` may also be the original's third argument, ``args`` (its
+    ``make_vocab_size_divisible_by`` is then used), or None: then the process-wide tokenizer is used.
     """
-    tokenizer = tokenizer if tokenizer is not None else get_tokenizer()
+    if isinstance(tokenizer, argparse.Namespace):  # the original's call form: (model, seqs, args)
+        make_vocab_size_divisible_by = getattr(
+            tokenizer, "make_vocab_size_divisible_by", make_vocab_size_divisible_by
+        )
+        tokenizer = None
+    tokenizer = tokenizer_or_default(tokenizer)
     device = model.word_embeddings.weight.device
     rows = [list(map(int, row)) for row in seqs]
     if not rows:

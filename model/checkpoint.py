@@ -1,6 +1,6 @@
 """Load and save CogView checkpoints in the released layout, and reshard them between model-parallel sizes.
 
-Layout (reference §3.11)::
+Layout, the released one::
 
     {dir}/latest_checkpointed_iteration.txt      "142000" (or "release"); SAT names this file "latest"
     {dir}/142000/mp_rank_00_model_states.pt      {"module": state_dict, "iteration": ..., ...}
@@ -201,7 +201,7 @@ def _local_state(folder: Path, model_state: Mapping[str, torch.Tensor], trust: b
         _check_shard_count(payload, files)
         state = normalize_keys(payload["module"])
         if EMBEDDING_KEY in state and EMBEDDING_KEY in model_state:
-            # Zero-pad the vocabulary to what the model holds in all (MP-dependent padding, §3.10).
+            # Zero-pad the vocabulary to the rows the model holds in all (padding grows with the MP size).
             rows = model_state[EMBEDDING_KEY].size(0) * size
             if state[EMBEDDING_KEY].size(0) < rows:
                 state = resize_vocab(state, rows)

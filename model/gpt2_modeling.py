@@ -5,59 +5,37 @@ from torch import nn
 
 import mpu
 
+from .config import GPT2Config
+
 
 class GPT2Model(nn.Module):
     """Word embedding (vocab-parallel), the CogView transformer, and an output head tied to the embedding.
 
-    The constructor and ``forward`` keep the original's signatures. Keyword-only extras:
-    ``pb_relax_attention`` enables the paper's α=32 attention (equal to the plain softmax in fp32,
-    meant for fp16 training; the released weights were trained without it), and
-    ``use_fused_attention`` selects ``F.scaled_dot_product_attention`` (exact; on by default).
+    Built from a :class:`GPT2Config`, or with the original's arguments, positional in its order or by
+    name, ``GPT2Model(num_layers, vocab_size, hidden_size, num_attention_heads, embedding_dropout_prob,
+    attention_dropout_prob, output_dropout_prob, max_sequence_length, max_memory_length,
+    checkpoint_activations, checkpoint_num_layers=1, parallel_output=True, query_window=128,
+    key_window_times=6, num_pivot=768)`` (defaults from ``mpu.TransformerConfig``). Keyword-only extras:
+    ``pb_relax_attention`` enables the paper's α=32 attention (equal to the plain softmax in fp32, meant
+    for fp16 training; the released weights were trained without it), and ``use_fused_attention``
+    selects ``F.scaled_dot_product_attention`` (exact; on by default). ``forward`` keeps the original's
+    signature.
     """
 
-    def __init__(
-        self,
-        num_layers: int,
-        vocab_size: int,
-        hidden_size: int,
-        num_attention_heads: int,
-        embedding_dropout_prob: float,
-        attention_dropout_prob: float,
-        output_dropout_prob: float,
-        max_sequence_length: int,
-        max_memory_length: int,
-        checkpoint_activations: bool,
-        checkpoint_num_layers: int = 1,
-        parallel_output: bool = True,
-        query_window: int = 128,
-        key_window_times: int = 6,
-        num_pivot: int = 768,
-        *,
-        pb_relax_attention: bool = False,
-        use_fused_attention: bool = True,
-    ):
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self.parallel_output = parallel_output
-        self.num_layers = num_layers
-        init_method = mpu.unscaled_init_method(0.02)
-        self.word_embeddings = mpu.VocabParallelEmbedding(vocab_size, hidden_size, init_method=init_method)
-        self.transformer = mpu.GPT2ParallelTransformer(
-            num_layers,
-            hidden_size,
-            num_attention_heads,
-            max_sequence_length,
-            max_memory_length,
-            embedding_dropout_prob,
-            attention_dropout_prob,
-            output_dropout_prob,
-            checkpoint_activations,
-            checkpoint_num_layers,
-            query_window=query_window,
-            key_window_times=key_window_times,
-            num_pivot=num_pivot,
-            pb_relax_alpha=mpu.attention.PB_RELAX_ALPHA if pb_relax_attention else None,
-            use_fused_attention=use_fused_attention,
+        if len(args) == 1 and not kwargs and isinstance(args[0], GPT2Config):
+            config = args[0]
+        else:
+            config = GPT2Config.from_call(args, kwargs)
+        self.config = config
+        self.parallel_output = config.parallel_output
+        self.num_layers = config.transformer.num_layers
+        init_method = mpu.unscaled_init_method(config.transformer.init_method_std)
+        self.word_embeddings = mpu.VocabParallelEmbedding(
+            config.vocab_size, config.transformer.hidden_size, init_method=init_method
         )
+        self.transformer = mpu.GPT2ParallelTransformer(config.transformer)
 
     def logits(self, hidden_states: torch.Tensor, gather: bool | None = None) -> torch.Tensor:
         """Project final hidden states ``[b, s, h]`` onto the tied vocabulary: ``[b, s, V/p]`` or gathered."""
@@ -80,8 +58,9 @@ class GPT2Model(nn.Module):
     ) -> tuple[torch.Tensor, ...]:
         """The original's forward: ``input_ids``/``position_ids`` ``[b, s]`` → ``(logits, *new_mems)``.
 
-        ``attention_mask`` is a 0/1 tensor ``[*, 1, s, mem_len + s]`` or an int ``sep`` (§3.2); ``mems``
-        are the original's per-layer hidden states, kept when ``max_memory_length > 0``.
+        ``attention_mask`` is a 0/1 tensor ``[*, 1, s, mem_len + s]`` or an int ``sep`` (causal, with the
+        first ``sep`` positions visible to all; see ``mpu.transformer.visibility_from_mask``); ``mems`` are
+        the original's per-layer hidden states, kept when ``max_memory_length > 0``.
         """
         embeddings = self.word_embeddings(input_ids)
         output, *new_mems = self.transformer(

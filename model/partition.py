@@ -1,6 +1,6 @@
 """How CogView's state dict is split across model-parallel ranks, and split/merge/pad on plain state dicts.
 
-The layout is Megatron's 1-D tensor parallelism (reference §3.10), with p ranks:
+The layout is Megatron's 1-D tensor parallelism, with p ranks:
 
 * ``word_embeddings.weight`` ``[V, h]``: vocabulary rows, contiguous (rank r owns ``[r V/p, (r+1) V/p)``).
 * ``query_key_value.weight|bias`` ``[3h, (h)]``: rows, **stride 3**: rank r holds ``[Q_r; K_r; V_r]``.
@@ -60,7 +60,7 @@ def padded_vocab_size(num_tokens: int, model_parallel_size: int, multiple: int =
     """The embedding rows the original allocates: ``num_tokens`` rounded up to ``multiple * p``.
 
     This is why the padding depends on the model-parallel size: 58219 → 58240 at p = 1 but 58368 at
-    p = 2, 4 or 8 (reference §3.10, bug 12).
+    p = 2, 4 or 8.
     """
     step = multiple * model_parallel_size
     return -(-num_tokens // step) * step

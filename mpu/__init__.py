@@ -1,6 +1,7 @@
 """Megatron-style model parallelism plus the CogView transformer (the original ``mpu`` package's names)."""
 
 from .attention import GPT2ParallelSelfAttention, causal_mask, fused_attention, standard_attention
+from .config import TransformerConfig
 from .cross_entropy import vocab_parallel_cross_entropy
 from .data import broadcast_data
 from .grads import clip_grad_norm
@@ -61,6 +62,7 @@ __all__ = [
     "RNGStatesTracker",
     "RowParallelLinear",
     "SparseAttentionConfigError",
+    "TransformerConfig",
     "VocabParallelEmbedding",
     "VocabUtility",
     "broadcast_data",

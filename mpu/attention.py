@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import TransformerConfig
 from .initialize import get_model_parallel_world_size
 from .kv_cache import LayerKVCache
 from .layers import ColumnParallelLinear, InitMethod, RowParallelLinear
@@ -39,8 +40,9 @@ def standard_attention(
     """The released computation: ``softmax((Q / sqrt(d)) K^T * m - 10000 (1 - m)) V``.
 
     ``query`` ``[b, n, sq, d]``; ``key``/``value`` ``[b, n, sk, d]``; returns ``[b, n, sq, d]``.
-    With ``pb_relax_alpha`` the scores follow the paper's PB-relax (§2.4): divide Q by ``alpha sqrt(d)``,
-    subtract the row max, multiply by alpha. Mathematically the same softmax; it keeps fp16 finite.
+    With ``pb_relax_alpha`` the scores follow the CogView paper's PB-relax (its section 2.4): divide Q by
+    ``alpha sqrt(d)``, subtract the row max, multiply by alpha. Mathematically the same softmax; it keeps
+    fp16 finite.
     """
     if visible is None:
         visible = causal_mask(query.size(-2), key.size(-2), query.device)
@@ -95,41 +97,28 @@ class GPT2ParallelSelfAttention(nn.Module):
 
     def __init__(
         self,
-        hidden_size: int,
-        num_attention_heads: int,
-        attention_dropout_prob: float,
-        output_dropout_prob: float,
+        config: TransformerConfig,
         init_method: InitMethod,
         output_layer_init_method: InitMethod | None = None,
-        query_window: int = 128,
-        key_window_times: int = 6,
-        num_pivot: int = 768,
-        max_sequence_length: int = 1089,
-        pb_relax_alpha: float | None = None,
-        use_fused_attention: bool = True,
     ):
         super().__init__()
+        hidden_size, num_attention_heads = config.hidden_size, config.num_attention_heads
         world_size = get_model_parallel_world_size()
+        self.config = config
         self.hidden_size_per_partition = divide(hidden_size, world_size)
         self.hidden_size_per_attention_head = divide(hidden_size, num_attention_heads)
         self.num_attention_heads_per_partition = divide(num_attention_heads, world_size)
-        self.query_window = query_window
-        self.key_window_times = key_window_times
-        self.num_pivot = num_pivot
-        self.max_sequence_length = max_sequence_length
-        self.pb_relax_alpha = pb_relax_alpha
-        self.use_fused_attention = use_fused_attention
         self.query_key_value = ColumnParallelLinear(
             hidden_size, 3 * hidden_size, stride=3, gather_output=False, init_method=init_method
         )
-        self.attention_dropout = nn.Dropout(attention_dropout_prob)
+        self.attention_dropout = nn.Dropout(config.attention_dropout_prob)
         self.dense = RowParallelLinear(
             hidden_size,
             hidden_size,
             input_is_parallel=True,
             init_method=output_layer_init_method or init_method,
         )
-        self.output_dropout = nn.Dropout(output_dropout_prob)
+        self.output_dropout = nn.Dropout(config.output_dropout_prob)
 
     def _split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
         b, s, _ = tensor.shape  # [b, s, n*d] -> [b, n, s, d]
@@ -165,8 +154,8 @@ class GPT2ParallelSelfAttention(nn.Module):
                     key,
                     value,
                     pivot_idx,
-                    self.query_window,
-                    self.key_window_times,
+                    self.config.query_window,
+                    self.config.key_window_times,
                     self.attention_dropout,
                 )
             elif is_sparse == 2:
@@ -176,16 +165,16 @@ class GPT2ParallelSelfAttention(nn.Module):
                     value,
                     txt_indices_bool,
                     img_indices_bool,
-                    self.query_window,
-                    self.key_window_times,
-                    self.num_pivot,
-                    self.max_sequence_length,
+                    self.config.query_window,
+                    self.config.key_window_times,
+                    self.config.num_pivot,
+                    self.config.max_sequence_length,
                 )
-            elif self.use_fused_attention and self.pb_relax_alpha is None:
+            elif self.config.use_fused_attention and self.config.pb_relax_alpha is None:
                 context = fused_attention(query, key, value, visible, dropout_p)
             else:
                 dropout = self.attention_dropout if dropout_p > 0 else None
-                context = standard_attention(query, key, value, visible, dropout, self.pb_relax_alpha)
+                context = standard_attention(query, key, value, visible, dropout, self.config.pb_relax_alpha)
 
         b = context.size(0)
         context = context.transpose(1, 2).reshape(b, query_length, self.hidden_size_per_partition)

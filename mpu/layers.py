@@ -2,8 +2,10 @@
 
 Every layer first initialises the *full* master weight with the default RNG and then keeps this
 rank's slice, so a model built at model-parallel size p is exactly the size-1 model, split.
-Partitioned parameters carry ``model_parallel = True``, ``partition_dim`` and ``partition_stride``
-attributes, which gradient clipping and checkpoint resharding read.
+Partitioned parameters carry ``model_parallel = True``, which gradient clipping reads (their norm
+contributes from every rank), and Megatron's ``partition_dim`` and ``partition_stride`` attributes for
+code that expects them. Checkpoint resharding does not read these: it splits by key name
+(``model/partition.py``).
 """
 
 from collections.abc import Callable

@@ -1,6 +1,6 @@
 """CogView's three-region sparse attention: text + sampled image pivots, plus a local causal window.
 
-Every query attends to three regions of the keys (reference §3.8):
+Every query attends to three regions of the keys:
 
 (a) all text positions and (b) a random sample of image positions, together ``num_pivot`` "pivot" keys per
 sample, visible only when they lie in blocks strictly before the query's window; and (c) a causal local window
@@ -151,10 +151,10 @@ def sparse_attention_inference(
       ``max_text + int((left - max_text) * num_pivot / max_sequence_length)`` per sample, where max_text is
       the batch's largest text count before ``left`` (the original's formula; there is no log-bias here).
     One softmax is taken over the gathered keys. Causality inside the query is enforced by absolute position
-    (key position <= query position), which matters when sq > 1. The original's in-place masking of a slice
-    of the scores was ineffective (reference §3.8), so its multi-token queries could see later positions;
-    this is fixed here, and the positional mask also hides pivots lying after early queries when sq exceeds
-    the window.
+    (key position <= query position), which matters when sq > 1. The original masked a slice view of the
+    scores in place, which did not reliably reach the scores, so its multi-token queries could see later
+    positions; this is fixed here, and the positional mask also hides pivots lying after early queries
+    when sq exceeds the window.
     """
     b, n, sq, d = q.shape
     sk = k.shape[2]

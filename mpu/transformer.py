@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import GPT2ParallelSelfAttention, causal_mask
+from .config import TRANSFORMER_POSITIONAL, TransformerConfig, bind_call
 from .kv_cache import KVCache
 from .layernorm import LayerNorm
 from .layers import ColumnParallelLinear, InitMethod, RowParallelLinear
@@ -74,30 +75,20 @@ class GPT2ParallelTransformerLayer(nn.Module):
 
     def __init__(
         self,
-        hidden_size: int,
-        num_attention_heads: int,
-        attention_dropout_prob: float,
-        output_dropout_prob: float,
-        layernorm_epsilon: float,
+        config: TransformerConfig,
         init_method: InitMethod,
         output_layer_init_method: InitMethod | None = None,
-        **attention_options,
     ):
         super().__init__()
-        self.input_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
-        self.attention = GPT2ParallelSelfAttention(
-            hidden_size,
-            num_attention_heads,
-            attention_dropout_prob,
-            output_dropout_prob,
-            init_method,
-            output_layer_init_method,
-            **attention_options,
+        hidden_size, epsilon = config.hidden_size, config.layernorm_epsilon
+        self.input_layernorm = LayerNorm(hidden_size, eps=epsilon)
+        self.attention = GPT2ParallelSelfAttention(config, init_method, output_layer_init_method)
+        self.post_attention_layernorm = LayerNorm(hidden_size, eps=epsilon)
+        self.third_layernorm = LayerNorm(hidden_size, eps=epsilon)
+        self.fourth_layernorm = LayerNorm(hidden_size, eps=epsilon)
+        self.mlp = GPT2ParallelMLP(
+            hidden_size, config.output_dropout_prob, init_method, output_layer_init_method
         )
-        self.post_attention_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
-        self.third_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
-        self.fourth_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
-        self.mlp = GPT2ParallelMLP(hidden_size, output_dropout_prob, init_method, output_layer_init_method)
 
     def forward(
         self,
@@ -142,62 +133,39 @@ def visibility_from_mask(
 
 
 class GPT2ParallelTransformer(nn.Module):
-    """Position embeddings, ``num_layers`` Sandwich-LN layers, and a final PB-relax LayerNorm."""
+    """Position embeddings, ``num_layers`` Sandwich-LN layers, and a final PB-relax LayerNorm.
 
-    def __init__(
-        self,
-        num_layers: int,
-        hidden_size: int,
-        num_attention_heads: int,
-        max_sequence_length: int,
-        max_memory_length: int,
-        embedding_dropout_prob: float,
-        attention_dropout_prob: float,
-        output_dropout_prob: float,
-        checkpoint_activations: bool,
-        checkpoint_num_layers: int = 1,
-        layernorm_epsilon: float = 1.0e-5,
-        init_method_std: float = 0.02,
-        use_scaled_init_for_output_weights: bool = True,
-        query_window: int = 128,
-        key_window_times: int = 6,
-        num_pivot: int = 768,
-        pb_relax_alpha: float | None = None,
-        use_fused_attention: bool = True,
-    ):
+    Built from a :class:`TransformerConfig`, or with the original's arguments (positional in the
+    original's order, or by name), from which the config is made.
+    """
+
+    def __init__(self, *args, **kwargs):
         super().__init__()
-        self.max_memory_length = max_memory_length
-        self.checkpoint_activations = checkpoint_activations
-        self.checkpoint_num_layers = checkpoint_num_layers
-        self.num_pivot = num_pivot
-        init_method = unscaled_init_method(init_method_std)
+        if len(args) == 1 and not kwargs and isinstance(args[0], TransformerConfig):
+            config = args[0]
+        else:
+            config = TransformerConfig(
+                **bind_call("GPT2ParallelTransformer", TRANSFORMER_POSITIONAL, args, kwargs)
+            )
+        self.config = config
+        self.max_memory_length = config.max_memory_length
+        self.checkpoint_activations = config.checkpoint_activations
+        self.checkpoint_num_layers = config.checkpoint_num_layers
+        self.num_pivot = config.num_pivot
+        init_method = unscaled_init_method(config.init_method_std)
         output_layer_init_method = (
-            scaled_init_method(init_method_std, num_layers)
-            if use_scaled_init_for_output_weights
+            scaled_init_method(config.init_method_std, config.num_layers)
+            if config.use_scaled_init_for_output_weights
             else init_method
         )
-        self.position_embeddings = nn.Embedding(max_sequence_length, hidden_size)
+        self.position_embeddings = nn.Embedding(config.max_sequence_length, config.hidden_size)
         init_method(self.position_embeddings.weight)
-        self.embedding_dropout = nn.Dropout(embedding_dropout_prob)
+        self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
         self.layers = nn.ModuleList(
-            GPT2ParallelTransformerLayer(
-                hidden_size,
-                num_attention_heads,
-                attention_dropout_prob,
-                output_dropout_prob,
-                layernorm_epsilon,
-                init_method,
-                output_layer_init_method,
-                query_window=query_window,
-                key_window_times=key_window_times,
-                num_pivot=num_pivot,
-                max_sequence_length=max_sequence_length,
-                pb_relax_alpha=pb_relax_alpha,
-                use_fused_attention=use_fused_attention,
-            )
-            for _ in range(num_layers)
+            GPT2ParallelTransformerLayer(config, init_method, output_layer_init_method)
+            for _ in range(config.num_layers)
         )
-        self.final_layernorm = LayerNorm(hidden_size, eps=layernorm_epsilon)
+        self.final_layernorm = LayerNorm(config.hidden_size, eps=config.layernorm_epsilon)
 
     def _embed(self, hidden_states: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
         return self.embedding_dropout(hidden_states + self.position_embeddings(position_ids))

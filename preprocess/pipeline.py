@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 import vqvae
+from common.atomic_files import atomic_write_text
 from common.errors import InputError, MissingInputError
 from data_utils import layouts
 from data_utils.dataset_writers import BinaryWriter, LMDBWriter, binary_row
@@ -234,9 +235,7 @@ class Preprocessor:
         if not lines:
             report.unlink(missing_ok=True)
             return
-        tmp = report.with_name(report.name + ".tmp")
-        tmp.write_text("\n".join([REPORT_HEADER, *lines]) + "\n", encoding="utf-8")
-        tmp.replace(report)
+        atomic_write_text(report, "\n".join([REPORT_HEADER, *lines]) + "\n")
 
     def _state_from_report(self, report: Path) -> dict:
         """Counts of a run whose LMDB was finished but not yet renamed (its progress keys are gone)."""

@@ -12,15 +12,13 @@ out.
 import io
 import json
 import os
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from PIL import Image
 
 from common.errors import InputError, MissingInputError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from vqvae.image_sources import ZipArchive, open_zip, zip_image_names
 
 
 class CaptionFileError(InputError):
@@ -83,26 +81,7 @@ def read_captions(path: str | os.PathLike) -> list[Record]:
 
 def zip_records(zip_path: str | os.PathLike) -> list[Record]:
     """Every image member of a zip in sorted name order, captioned by its file stem."""
-    zip_path = Path(zip_path)
-    with _open_zip(zip_path) as archive:
-        names = sorted(archive.namelist())
-    records = []
-    for name in names:
-        member = PurePosixPath(name)
-        if name.endswith("/") or name.startswith("__MACOSX/") or member.name.startswith("._"):
-            continue
-        if member.suffix.lower() in IMAGE_SUFFIXES:
-            records.append(Record(name, member.stem, str(zip_path)))
-    return records
-
-
-def _open_zip(path: Path) -> zipfile.ZipFile:
-    if not path.is_file():
-        raise MissingInputError(f"Zip file {path} does not exist.")
-    try:
-        return zipfile.ZipFile(path)
-    except zipfile.BadZipFile as error:
-        raise InputError(f"{path} is not a readable zip file ({error}).") from None
+    return [Record(name, PurePosixPath(name).stem, str(zip_path)) for name in zip_image_names(zip_path)]
 
 
 class FolderImages:
@@ -124,17 +103,11 @@ class ZipImages:
 
     def __init__(self, zip_path: str | os.PathLike):
         self.zip_path = Path(zip_path)
-        _open_zip(self.zip_path).close()
-        self._archive: zipfile.ZipFile | None = None
-        self._pid: int | None = None
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_archive": None, "_pid": None}
+        open_zip(self.zip_path).close()
+        self._archive = ZipArchive(self.zip_path)
 
     def open(self, record: Record) -> Image.Image:
         """The record's image, read from the zip into memory and opened by PIL."""
-        if self._archive is None or self._pid != os.getpid():
-            self._archive, self._pid = zipfile.ZipFile(self.zip_path), os.getpid()
         try:
             data = self._archive.read(record.image)
         except KeyError:

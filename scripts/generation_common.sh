@@ -31,6 +31,13 @@ case "${PRECISION:-fp16}" in
   *) echo "PRECISION=$PRECISION is not one of fp16, bf16, fp32" >&2; exit 2 ;;
 esac
 
+# The released models' architecture (all three share it) and the device arguments.
+released_model=(
+  --model-parallel-size 1 --num-layers 48 --hidden-size 2560 --num-attention-heads 40
+  --max-position-embeddings 1089 --query-window 64 --key-window-times 4 --num-pivot 256 --is-sparse 0
+)
+device_args=(--device "$DEVICE" "${precision[@]}")
+
 # generate ROLE TEMPERATURE MAXSEQLEN ARGS...: run generate_samples.py with the released model's
 # arguments (reference §9.8), then the chosen model's (ROLE: text2image, caption or super-resolution; a
 # bundled model brings its own architecture), then ARGS.
@@ -40,11 +47,9 @@ generate() {
   chosen="$(PYTHONPATH="$repo" "$python" -m common.model_sources "$role" "$@")" || exit 2
   local model=()
   mapfile -t model <<<"$chosen"
-  exec "$python" "$repo/generate_samples.py" \
-    --model-parallel-size 1 --num-layers 48 --hidden-size 2560 --num-attention-heads 40 \
-    --max-position-embeddings 1089 --max-position-embeddings-finetune "$max_seq_len" \
-    --device "$DEVICE" "${precision[@]}" \
+  model=("${model[@]:1}")  # after the source: the model's arguments
+  exec "$python" "$repo/generate_samples.py" "${released_model[@]}" \
+    --max-position-embeddings-finetune "$max_seq_len" "${device_args[@]}" \
     --temperature "$temperature" --top_k 200 --top_p 0 \
-    --query-window 64 --key-window-times 4 --num-pivot 256 --is-sparse 0 \
     "${model[@]}" "$@"
 }

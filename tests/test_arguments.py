@@ -3,6 +3,7 @@ post-processing of get_args (§2.10): sparse checks, device, ranks from the envi
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -397,7 +398,7 @@ def test_deepspeed_mpi_defines_the_env(monkeypatch):
     monkeypatch.setitem(sys.modules, "mpi4py.MPI", mpi)
     args = get_args(["--deepspeed_mpi"])
     assert (args.rank, args.world_size, args.local_rank) == (2, 4, 0)
-    env = {name: arguments.os.environ[name] for name in LAUNCHER_ENV[:5]}
+    env = {name: os.environ[name] for name in LAUNCHER_ENV[:5]}
     assert env == {
         "RANK": "2",
         "WORLD_SIZE": "4",

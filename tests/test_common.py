@@ -9,7 +9,13 @@ import pytest
 import torch
 
 from common import atomic_files
-from common.atomic_files import atomic_torch_save, atomic_write_bytes, atomic_write_text, write_new
+from common.atomic_files import (
+    atomic_torch_save,
+    atomic_write_bytes,
+    atomic_write_text,
+    write_atomic,
+    write_new,
+)
 from common.devices import DeviceError, parse_device, process_device, resolve_device
 from common.errors import InputError, MissingInputError
 from data_utils.unified_tokenizer import QueryError
@@ -24,6 +30,17 @@ def test_atomic_text_replaces_and_leaves_no_temporary(tmp_path):
     atomic_write_text(path, "second ✓\n")
     assert path.read_text(encoding="utf-8") == "second ✓\n"
     assert [p.name for p in path.parent.iterdir()] == ["results.txt"]
+
+
+def test_write_atomic_by_path_keeps_the_suffix_for_pil(tmp_path):
+    from PIL import Image
+
+    path = write_atomic(
+        tmp_path / "red.png", lambda temporary: Image.new("RGB", (2, 2), "red").save(temporary)
+    )
+    with Image.open(path) as image:
+        assert image.format == "PNG" and image.getpixel((1, 1)) == (255, 0, 0)
+    assert [p.name for p in tmp_path.iterdir()] == ["red.png"]
 
 
 def test_atomic_write_gives_an_ordinary_file_mode(tmp_path):

@@ -159,6 +159,28 @@ def test_progress_bar_counts_generated_tokens(model, tok, capsys):
     assert "6/6" in capsys.readouterr().err
 
 
+def test_on_step_reports_every_step_and_its_exception_stops_generation(model, tok):
+    seq = [tok["[ROI1]"], tok["[TINY]"], tok["[BOI1]"], -1, -1, tok["[EOI1]"], -1]
+    steps = []
+    args = sampling_args(batch_size=3, max_inference_batch_size=2)
+    filling_sequence(model, seq, args, tokenizer=tok, on_step=lambda done, total: steps.append((done, total)))
+    # chunks of 2 then 1 sample, three generated positions each: 9 tokens in 6 steps
+    assert steps == [(2, 9), (4, 9), (6, 9), (7, 9), (8, 9), (9, 9)]
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_four(done: int, total: int) -> None:
+        steps.append(done)
+        if done >= 4:
+            raise Stop
+
+    steps.clear()
+    with pytest.raises(Stop):
+        filling_sequence(model, seq, args, tokenizer=tok, on_step=stop_at_four)
+    assert steps == [2, 4], "generation must stop at the step whose callback raised"
+
+
 def test_position_ids_restart_after_the_last_context_roi2():
     roi2 = 99
     ids = [1, 99, 2, 99, 3, -1, 99, -1]

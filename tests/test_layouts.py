@@ -42,12 +42,13 @@ class RecordingContext(TaskContext):
 
 
 def context(tokenizer, side: int) -> RecordingContext:
+    sampling = {"temperature": 1.0, "top_k": 0, "top_p": 0.0, "batch_size": 1, "max_inference_batch_size": 12}
     args = SimpleNamespace(
         max_position_embeddings=4096,
         max_position_embeddings_finetune=-1,
-        max_inference_batch_size=12,
         debug=False,
         make_vocab_size_divisible_by=128,
+        **sampling,
     )
     return RecordingContext(None, tokenizer, args, image_size=side * FACTOR)
 

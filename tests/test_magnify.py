@@ -90,6 +90,16 @@ def test_magnify_fills_every_code_and_respects_given_tokens(model, tok, monkeypa
     assert calls[0][0][-1] == -1 and (calls[-1][0] >= 0).sum() > len(prompt) + 16 + 5  # later windows reuse
 
 
+def test_magnify_on_step_counts_all_windows_together(model, tok):
+    side = 8
+    low = torch.randint(0, tok.num_image_tokens, (side * side,), generator=torch.Generator().manual_seed(1))
+    steps = []
+    magnify(model, tok, low, [tok["[ROI1]"]], sampling_args(), on_step=lambda *step: steps.append(step))
+    total = (2 * side) ** 2
+    assert [done for done, _ in steps] == list(range(1, total + 1)), "one code per step, none counted twice"
+    assert {whole for _, whole in steps} == {total}
+
+
 def test_magnify_rejects_a_non_square_or_incomplete_low_res_grid(model, tok):
     args = sampling_args()
     with pytest.raises(ValueError, match="square grid of given low-res codes, got 60 ids"):

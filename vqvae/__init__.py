@@ -1,4 +1,4 @@
-"""VQ-VAE image tokenizer: 256² px images ↔ 32×32 grids of codes from a codebook of 8192 (CogView §2.2)."""
+"""VQ-VAE image tokenizer: 256² px images ↔ 32×32 grids of codes from a codebook of 8192 (paper, sec. 2.2)."""
 
 from vqvae.api import code2img, img2code, new_model
 from vqvae.checkpoint import VQVAECheckpointError, load_vqvae, save_vqvae

@@ -8,9 +8,8 @@ import torch
 from torch.utils.data import Dataset
 
 from common.errors import InputError, MissingInputError
+from vqvae.image_sources import IMAGE_SUFFIXES, ZipArchive, folder_image_names, zip_image_names
 from vqvae.images import ImageReadError, image_to_tensor, open_image
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class NoImagesError(InputError):
@@ -29,20 +28,9 @@ class ImageFiles(Dataset):
         self.img_size = img_size
         self.is_folder = self.source.is_dir()
         if self.is_folder:
-            self.names = sorted(
-                str(p.relative_to(self.source))
-                for p in self.source.rglob("*")
-                if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file()
-            )
+            self.names = folder_image_names(self.source)
         elif self.source.is_file() and zipfile.is_zipfile(self.source):
-            with zipfile.ZipFile(self.source) as archive:
-                self.names = sorted(
-                    info.filename
-                    for info in archive.infolist()
-                    if not info.is_dir()
-                    and Path(info.filename).suffix.lower() in IMAGE_SUFFIXES
-                    and not info.filename.startswith("__MACOSX/")
-                )
+            self.names = zip_image_names(self.source)
         elif self.source.exists():
             raise NoImagesError(f"{self.source} is neither a folder nor a zip archive of images.")
         else:
@@ -50,20 +38,13 @@ class ImageFiles(Dataset):
         if not self.names:
             suffixes = ", ".join(IMAGE_SUFFIXES)
             raise NoImagesError(f"No image files ({suffixes}) found in {self.source}.")
-        self._archive: zipfile.ZipFile | None = None
-        self._archive_pid = -1
+        self._archive = None if self.is_folder else ZipArchive(self.source)
 
     def __len__(self) -> int:
         return len(self.names)
 
     def _open(self, name: str):
-        if self.is_folder:
-            return open(self.source / name, "rb")
-        if self._archive is None or self._archive_pid != os.getpid():
-            # One handle per process: a handle inherited by a DataLoader worker would share its file offset.
-            self._archive = zipfile.ZipFile(self.source)
-            self._archive_pid = os.getpid()
-        return self._archive.open(name)
+        return open(self.source / name, "rb") if self._archive is None else self._archive.open(name)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor | None, str, str]:
         name = self.names[index]

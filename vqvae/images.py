@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from common.atomic_files import atomic_path
 from common.errors import InputError, MissingInputError
 
 IMAGE_MEAN = (0.79093, 0.76271, 0.75340)
@@ -124,5 +125,5 @@ def save_images(images: torch.Tensor, paths: Sequence[str | os.PathLike]) -> Non
     if images.dim() != 4 or len(paths) != images.shape[0]:
         raise ValueError(f"Got {len(paths)} paths for an image batch of shape {list(images.shape)}.")
     for image, path in zip(images, paths, strict=True):
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        to_pil(image).save(path)
+        with atomic_path(path) as temporary:  # the folder is created; no half-written file is ever seen
+            to_pil(image).save(temporary)

@@ -1,4 +1,4 @@
-"""Training the VQ-VAE image tokenizer: NN + EMA codebook, the method CogView used (paper §2.2).
+"""Training the VQ-VAE image tokenizer: NN + EMA codebook, the method CogView used (section 2.2 of its paper).
 
 Loss = mse(reconstruction, image) + beta · mse(quantized.detach(), latent), both in normalised image space;
 the codebook itself follows the EMA of its assigned latents. Codes whose EMA count falls below a threshold

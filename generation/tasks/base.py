@@ -3,12 +3,12 @@
 Sizes come from the loaded models instead of the original's constants, so small models work too: the
 code grid is ``image_size / downsampling`` of the VQ-VAE (256 / 8 = 32×32 = 1024 codes and ``[BASE]``
 for the released one; a ×32 VQ-VAE gives 8×8 = 64 codes and ``[TINY]``), and the query limit is
-``max(--max-position-embeddings, --max-position-embeddings-finetune)`` (§8.5).
+``max(--max-position-embeddings, --max-position-embeddings-finetune)``.
 """
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -17,6 +17,7 @@ from data_utils import UnifiedTokenizer
 from data_utils.layouts import SIZE_TOKENS
 from data_utils.unified_tokenizer import QueryError, as_int_list
 from generation.filling import filling_sequence
+from generation.sampling import SamplingConfig
 from generation.scoring import score_in_batches
 from model import GPT2Model
 
@@ -58,12 +59,11 @@ class QueryResult:
 class TaskContext:
     """The model, tokenizer and arguments a query runs with, and the helpers every task uses.
 
-    ``args`` supplies the sampling settings (``temperature``, ``top_k``, ``top_p``, ``batch_size``,
-    ``max_inference_batch_size``) and the length limits. ``generator`` makes sampling reproducible;
-    ``progress`` shows a bar over generated tokens. The quality levers of text2image: ``guidance_scale``
-    (classifier-free guidance, 1 = off), ``post_select`` (candidates drawn per image, 1 = off) and
-    ``caption_model``, the image → text model that scores them and post-selection's images (None: ``model``,
-    trained on both layouts).
+    ``args`` supplies the sampling settings, read once into :attr:`sampling`, and the length limits.
+    ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens. The quality
+    levers of text2image: ``guidance_scale`` (classifier-free guidance, 1 = off), ``post_select``
+    (candidates drawn per image, 1 = off) and ``caption_model``, the image → text model that scores them
+    and post-selection's images (None: ``model``, trained on both layouts).
     """
 
     model: GPT2Model
@@ -76,9 +76,11 @@ class TaskContext:
     post_select: int = 1
     caption_model: GPT2Model | None = None
     grid_side: int = field(init=False)
+    sampling: SamplingConfig = field(init=False)
 
     def __post_init__(self) -> None:
         self.grid_side = code_grid_side(self.tokenizer, self.image_size)
+        self.sampling = SamplingConfig.of(self.args)
 
     @property
     def num_codes(self) -> int:
@@ -116,20 +118,18 @@ class TaskContext:
     def fill(
         self, ids: Sequence[int], batch_size: int | None = None, unconditional: Sequence[int] | None = None
     ) -> torch.Tensor:
-        """``batch_size`` (default ``args.batch_size``) samples completing the −1 positions of ``ids``.
+        """``batch_size`` (default ``--batch-size``) samples completing the −1 positions of ``ids``.
 
         Returns ``[b, len(ids)]``. With ``unconditional`` (the same query without its caption) the samples
         follow classifier-free guidance at ``guidance_scale``. A sequence longer than the model takes is
         refused first (:meth:`check_length`).
         """
         self.check_length(len(ids))
-        args = self.args
-        if batch_size is not None:
-            args = argparse.Namespace(**{**vars(args), "batch_size": batch_size})
+        sampling = self.sampling if batch_size is None else replace(self.sampling, batch_size=batch_size)
         return filling_sequence(
             self.model,
             ids,
-            args,
+            sampling,
             tokenizer=self.tokenizer,
             generator=self.generator,
             progress=self.progress,
@@ -143,7 +143,7 @@ class TaskContext:
             self.caption_model or self.model,
             rows,
             self.tokenizer,
-            self.args.max_inference_batch_size,
+            self.sampling.max_inference_batch_size,
             self.args.make_vocab_size_divisible_by,
         )
 

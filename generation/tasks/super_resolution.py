@@ -19,7 +19,7 @@ def super_resolution(ctx: TaskContext, fields: list[str]) -> QueryResult:
     # The longest window: prompt, a quarter of the low-res codes, the midfix and a full block of codes.
     ctx.check_length(len(prompt) + ctx.num_codes // 4 + len(layouts.SR_MIDFIX) + ctx.num_codes)
     high = magnify(
-        ctx.model, ctx.tokenizer, low, prompt, ctx.args, generator=ctx.generator, progress=ctx.progress
+        ctx.model, ctx.tokenizer, low, prompt, ctx.sampling, generator=ctx.generator, progress=ctx.progress
     )
     decode = ctx.tokenizer.img_tokenizer.DecodeIds
     image = decode(high)  # [1, 3, 2H, 2W]

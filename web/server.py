@@ -1,0 +1,167 @@
+"""``python -m web.server``: load the models once and serve the page and the API (``scripts/web_demo.sh``).
+
+The model arguments are ``generate_samples.py``'s (``--load``, ``--img-tokenizer-path``, the sizes,
+``--device``, ``--fp16`` ...): ``--load`` is the text → image model; ``--load-caption`` (image2text and
+post-selection) and ``--load-sr`` (super-resolution) are optional, and a folder given for several roles is
+loaded once. The web arguments below come first in ``--help``. It binds to 127.0.0.1 unless ``--host``
+says otherwise, prints the URL, and stops on Ctrl-C. Exit status 2: it could not start (one line says why).
+"""
+
+import argparse
+import logging
+import socket
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import uvicorn
+
+from arguments import get_args
+from generation.runtime import (
+    build_model,
+    build_tokenizer,
+    check_weights,
+    init_device,
+    model_dtype,
+    set_random_seed,
+)
+from generation.tasks.base import code_grid_side
+from model.checkpoint import CheckpointNotFoundError, read_tracker
+from web.app import EXAMPLE_PROMPTS, create_app
+from web.backend import Backend, Models
+from web.jobs import JobQueue
+from web.uploads import MIB, Limits
+
+DEFAULT_PORT = 7860
+
+
+def web_parser() -> argparse.ArgumentParser:
+    """The web server's own options; everything else goes to ``arguments.get_args``."""
+    parser = argparse.ArgumentParser(
+        "web_demo",
+        description="Serve CogView on a local page and an HTTP JSON API.",
+        add_help=False,
+        allow_abbrev=False,  # --load (a model argument) must not be read as --load-caption
+    )
+    group = parser.add_argument_group("web demo")
+    group.add_argument(
+        "--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine)"
+    )
+    group.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port (default {DEFAULT_PORT}; 0: free)"
+    )
+    group.add_argument("--load-caption", help="caption model folder (image2text, post-selection)")
+    group.add_argument("--load-sr", help="super-resolution model folder")
+    group.add_argument(
+        "--queue-size", type=int, default=4, help="requests that may wait (default 4); then 429"
+    )
+    group.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
+    group.add_argument("--max-prompt-chars", type=int, default=200, help="prompt characters (default 200)")
+    group.add_argument("--max-upload-mb", type=float, default=8, help="MiB per uploaded image (default 8)")
+    group.add_argument("--examples", type=Path, help="a UTF-8 file of example prompts, one per line")
+    return parser
+
+
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
+    """(web options, generation arguments) from the command line; ``-h`` shows both."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    web, rest = web_parser().parse_known_args(argv)
+    if "-h" in rest or "--help" in rest:
+        web_parser().print_help()
+    return web, get_args(rest)
+
+
+def load_examples(path: Path | None) -> tuple[str, ...]:
+    """The example prompts: the non-blank lines of ``path``, or the built-in ones."""
+    if path is None:
+        return EXAMPLE_PROMPTS
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as error:
+        raise ValueError(f"cannot read the example prompts {path}: {error}") from error
+    return tuple(line.strip() for line in lines if line.strip()) or EXAMPLE_PROMPTS
+
+
+def load_backend(web: argparse.Namespace, args: argparse.Namespace) -> Backend:
+    """Check every weight file, then load the tokenizer and each model folder once."""
+    check_weights(args)
+    for flag, folder in (("--load-caption", web.load_caption), ("--load-sr", web.load_sr)):
+        if folder is not None:
+            try:
+                read_tracker(folder)
+            except CheckpointNotFoundError as error:
+                raise FileNotFoundError(f"{flag}: {error}") from None
+    device = init_device(args)
+    set_random_seed(args.seed, device)
+    tokenizer = build_tokenizer(args, device)
+    code_grid_side(tokenizer, args.image_size)  # fail before the (slow) model load
+    loaded = {}
+
+    def model(folder: str | None):
+        if folder is None:
+            return None
+        key = str(Path(folder).resolve())
+        if key not in loaded:
+            print(f"web_demo: loading {folder}", file=sys.stderr)
+            role_args = argparse.Namespace(**{**vars(args), "load": folder})
+            loaded[key] = build_model(role_args, tokenizer.num_tokens, device, model_dtype(args))
+        return loaded[key]
+
+    models = Models(model(args.load), caption=model(web.load_caption), super_resolution=model(web.load_sr))
+    return Backend(models, tokenizer, args, args.image_size)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host:port`` (port 0: a free one), so the URL printed is the real one."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+        sock.listen(128)
+    except OSError as error:
+        sock.close()
+        raise OSError(f"cannot listen on {host}:{port}: {error.strerror} (choose another --port)") from None
+    return sock
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Serve until Ctrl-C; returns the exit status."""
+    web, args = parse(argv)
+    try:
+        if web.queue_size < 1 or web.max_images < 1 or web.max_prompt_chars < 1 or web.max_upload_mb <= 0:
+            raise ValueError(
+                "--queue-size, --max-images, --max-prompt-chars, --max-upload-mb must be positive"
+            )
+        examples = load_examples(web.examples)
+        sock = bind(web.host, web.port)  # before the (slow) model load: a busy port fails at once
+        backend = load_backend(web, args)
+    except (FileNotFoundError, ValueError, OSError) as error:
+        print(f"web_demo: {error}", file=sys.stderr)
+        return 2
+    limits = Limits(
+        max_prompt_chars=web.max_prompt_chars,
+        max_images=web.max_images,
+        max_upload_bytes=int(web.max_upload_mb * MIB),
+    )
+    jobs = JobQueue(web.queue_size)
+    app = create_app(backend, jobs, limits, examples)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    available = ", ".join(task for task, ready in backend.tasks.items() if ready)
+    print(f"web_demo: serving {available} on http://{shown}:{port}/ (Ctrl-C stops)", flush=True)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level="warning", access_log=False, timeout_graceful_shutdown=3)
+    )
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn has shut down cleanly and passes Ctrl-C on
+        print("web_demo: stopped", file=sys.stderr)
+    finally:
+        jobs.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
