@@ -241,6 +241,13 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--txt-loss-scale", type=float, default=1, help="loss weight of text positions")
     group.add_argument(
+        "--caption-dropout",
+        type=_probability,
+        default=0.0,
+        help="(added) fraction of text2image training rows shown without their caption, so that "
+        "--guidance-scale has an unconditional model; 0 = off (the original)",
+    )
+    group.add_argument(
         "--fast-load", action="store_true", help="load checkpoints without taking the shared file lock"
     )
 
@@ -315,6 +322,17 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
     return value
 
 

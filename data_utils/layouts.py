@@ -82,21 +82,33 @@ def text2image(
     return [*row, tokenizer["[EOI1]"]] if end_image else row
 
 
-def drop_caption(tokenizer: CommandIds, row: Sequence[int]) -> list[int]:
-    """The unconditional form of a text2image ``row``: its caption removed, ``[ROI1] [size] [BOI1] ...``.
+def caption_span(tokenizer: CommandIds, row: Sequence[int]) -> tuple[int, int] | None:
+    """``(start, stop)`` of the caption in a text2image ``row`` (``row[start:stop]``); None for other rows.
 
-    Everything from the size token on (codes, ``[EOI1]``, or ``MASK`` placeholders) is kept as it is, so
-    the same function serves training rows (caption dropout) and generation queries (classifier-free
-    guidance). ``[ROI1]`` stays: the model still learns "an image follows", and the row keeps its first
-    token. A row that is not text2image (no leading ``[ROI1]``, no ``[BOI1]`` after the caption, or a
-    super-resolution row with its ``[ROI2]``) is an InputError.
+    Other rows: no leading ``[ROI1]``, no ``[BOI1]`` after the caption, or a super-resolution row (its
+    ``[ROI2]``).
     """
     ids = _ids(row)
     boi1, roi2 = tokenizer["[BOI1]"], tokenizer["[ROI2]"]
     if not ids or ids[0] != tokenizer["[ROI1]"] or boi1 not in ids[2:] or roi2 in ids:
+        return None
+    return 1, ids.index(boi1, 2) - 1  # the caption ends at the size token before [BOI1]
+
+
+def drop_caption(tokenizer: CommandIds, row: Sequence[int]) -> list[int]:
+    """The unconditional form of a text2image ``row``: its caption removed, ``[ROI1] [size] [BOI1] ...``.
+
+    Everything from the size token on (codes, ``[EOI1]``, padding or ``MASK`` placeholders) is kept as it
+    is, so the same function serves training rows (caption dropout) and generation queries
+    (classifier-free guidance). ``[ROI1]`` stays: the model still learns "an image follows", and the row
+    keeps its first token. A row that is not text2image (see :func:`caption_span`) is an InputError.
+    """
+    ids = _ids(row)
+    span = caption_span(tokenizer, ids)
+    if span is None:
         raise InputError("Only a text2image row ([ROI1] text [size] [BOI1] ...) has a caption to drop.")
-    size_position = ids.index(boi1, 2) - 1
-    return [ids[0], *ids[size_position:]]
+    start, stop = span
+    return [*ids[:start], *ids[stop:]]
 
 
 def image2text(tokenizer: CommandIds, codes: Sequence[int], text_ids: Sequence[int]) -> list[int]:
