@@ -56,6 +56,7 @@ def test_released_weights_come_first(tmp_path):
         vqvae,
     ]
     assert choice.notice == f"using the released CogView weights in {tmp_path / 'cogview' / 'cogview-base'}"
+    assert choice.source == "released"
     web = choose_model("web", [], tmp_path)
     assert web.arguments[4:] == ["--load-caption", str(tmp_path / "cogview" / "cogview-caption")]  # no SR
 
@@ -65,6 +66,7 @@ def test_bundled_models_are_read_from_the_manifest_with_paths_beside_it(tmp_path
     demo = bundled(tmp_path, MANIFEST)
     common = ["--num-layers", "2", "--hidden-size=32", "--img-tokenizer-path", str(demo / "vqvae.pt")]
     choice = choose_model("text2image", ["--batch-size", "8"], tmp_path)
+    assert choice.source == "bundled"
     assert choice.arguments == [
         *common,
         "--load",
@@ -89,7 +91,11 @@ def test_given_models_win_and_nothing_is_said(tmp_path):
     vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")
     assert choose_model("text2image", ["--load=mine"], tmp_path).arguments == ["--img-tokenizer-path", vqvae]
     given = choose_model("caption", [], tmp_path, checkpoint="ckpt", vqvae="v.pt")
-    assert (given.arguments, given.notice) == (["--load", "ckpt", "--img-tokenizer-path", "v.pt"], None)
+    assert (given.source, given.arguments, given.notice) == (
+        "given",
+        ["--load", "ckpt", "--img-tokenizer-path", "v.pt"],
+        None,
+    )
 
 
 def test_without_any_model_the_released_paths_are_passed_on(tmp_path):
@@ -102,7 +108,7 @@ def test_without_any_model_the_released_paths_are_passed_on(tmp_path):
         "--img-tokenizer-path",
         vqvae,
     ]
-    assert choice.notice is None
+    assert (choice.source, choice.notice) == ("missing", None)
     assert choose_model("super-resolution", [], tmp_path).arguments[1] == str(
         tmp_path / "cogview" / "cogview-sr"
     )
