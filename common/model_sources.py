@@ -6,7 +6,8 @@ super-resolution) and meant for the web demo too. For a *role*, the first that a
 1. ``--load`` among the user's arguments, or a ``CHECKPOINT_PATH``: that model, nothing added but the
    VQ-VAE (``IMG_TOKENIZER_PATH``, else the released one);
 2. the released weights: ``{pretrained}/cogview/{cogview-base|cogview-caption|cogview-sr}/`` with its
-   tracker, and ``{pretrained}/vqvae/vqvae_hard_biggerset_011.pt``;
+   tracker, and ``{pretrained}/vqvae/vqvae_hard_biggerset_011.pt``; text2image also gets cogview-caption
+   as its ``--post-select-load`` scorer when it is there (loaded only with ``--post-select K > 1``);
 3. the bundled demo models: the role's entry of the manifest ``{pretrained}/demo/models.args``, if every
    file it names is there;
 4. otherwise the released paths, so that ``generate_samples.py`` stops with its one line saying where
@@ -148,6 +149,9 @@ def _released(role: str, pretrained: Path) -> ModelChoice | None:
     if not (_is_checkpoint(folder) and vqvae.is_file()):
         return None
     arguments = ["--load", str(folder), "--img-tokenizer-path", str(vqvae)]
+    caption = pretrained / "cogview" / RELEASED_FOLDERS["caption"]
+    if role == "text2image" and _is_checkpoint(caption):
+        arguments += ["--post-select-load", str(caption)]  # scores --post-select K candidates (K > 1 only)
     if role == "web":
         for other, flag in WEB_ROLES.items():
             if _is_checkpoint(extra := pretrained / "cogview" / RELEASED_FOLDERS[other]):

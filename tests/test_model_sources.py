@@ -50,10 +50,8 @@ def test_released_weights_come_first(tmp_path):
     choice = choose_model("text2image", [], tmp_path)
     vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")
     assert choice.arguments == [
-        "--load",
-        str(tmp_path / "cogview" / "cogview-base"),
-        "--img-tokenizer-path",
-        vqvae,
+        *("--load", str(tmp_path / "cogview" / "cogview-base"), "--img-tokenizer-path", vqvae),
+        *("--post-select-load", str(tmp_path / "cogview" / "cogview-caption")),  # the original's two models
     ]
     assert choice.notice == f"using the released CogView weights in {tmp_path / 'cogview' / 'cogview-base'}"
     assert choice.source == "released"
