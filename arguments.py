@@ -284,6 +284,12 @@ def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
         "--max-inference-batch-size", type=int, default=12, help="the most samples in one forward pass"
     )
     group.add_argument(
+        "--offload",
+        action="store_true",
+        help="(added) keep the transformer layers in CPU memory and move each to the GPU only while it "
+        "runs: for GPUs smaller than the model, at the cost of moving all weights every step",
+    )
+    group.add_argument(
         "--image-size",
         type=int,
         default=256,

@@ -2,8 +2,8 @@
 
 Unlike the original, a single process needs no ``torch.distributed`` at all; process groups are made only
 when a launcher starts several (``WORLD_SIZE`` > 1), with gloo on the CPU. The model is built on the
-``meta`` device and materialised directly in its final dtype and device, so a 4B model never exists
-twice in memory, and its weights come from ``--load`` (there is no random initialisation to waste).
+``meta`` device and materialised tensor by tensor from the memory-mapped checkpoint, in its final dtype
+and device, so a 4B model never exists twice in memory (there is no random initialisation to waste).
 """
 
 import argparse
@@ -22,6 +22,7 @@ from common.paths import RELEASED_CHECKPOINTS_HINT, RELEASED_VQVAE_HINT
 from data_utils import UnifiedTokenizer, get_tokenizer
 from model import GPT2Config, GPT2Model
 from model.checkpoint import CheckpointNotFoundError, load_checkpoint, read_tracker
+from model.offload import offload_layers
 from model.partition import padded_vocab_size
 
 DEFAULT_MASTER_ADDR, DEFAULT_MASTER_PORT = "localhost", "6000"
@@ -134,6 +135,10 @@ def build_model(
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
     (``model.config.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
+    The weights are converted tensor by tensor from the memory-mapped checkpoint straight into ``dtype``
+    on ``device`` (peak memory: the weights plus one tensor). With ``--offload`` they are loaded into CPU
+    memory and each transformer layer moves to ``device`` only while it runs (see
+    :func:`model.offload.offload_layers`).
     """
     vocab_size = padded_vocab_size(
         num_tokens, mpu.get_model_parallel_world_size(), args.make_vocab_size_divisible_by
@@ -143,6 +148,13 @@ def build_model(
     )
     with torch.device("meta"):
         model = GPT2Model(config)
-    model = model.to(dtype).to_empty(device=device)
-    load_checkpoint(model, load or args.load, trust_checkpoint=args.trust_checkpoint)
+    model = model.to(dtype)  # still on meta: the dtype the checkpoint's tensors are converted to
+    load_checkpoint(
+        model,
+        load or args.load,
+        trust_checkpoint=args.trust_checkpoint,
+        device="cpu" if args.offload else device,
+    )
+    if args.offload:
+        offload_layers(model, device)
     return model.eval()

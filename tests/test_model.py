@@ -91,6 +91,17 @@ def test_kv_cache_decoding_equals_full_forward(model, batch):
     assert cache.length == ids.size(1)
 
 
+def test_kv_cache_with_capacity_is_allocated_once_and_written_in_place(model, batch):
+    ids, positions = batch
+    cache = model.new_kv_cache(capacity=ids.size(1))  # what filling_sequence asks for: the whole sequence
+    model.forward_cached(ids[:, :10], positions[:, :10], cache)
+    buffers = [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers]
+    for t in range(10, ids.size(1)):
+        model.forward_cached(ids[:, t : t + 1], positions[:, t : t + 1], cache)
+    assert [(layer.keys.data_ptr(), layer.values.data_ptr()) for layer in cache.layers] == buffers
+    assert all(layer.keys.size(2) == ids.size(1) for layer in cache.layers)
+
+
 def test_kv_cache_vocab_range_returns_the_slice_of_full_logits(model, batch):
     ids, positions = batch
     full = model.forward_cached(ids, positions, model.new_kv_cache())
