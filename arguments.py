@@ -261,9 +261,18 @@ def _add_validation_args(parser: argparse.ArgumentParser) -> None:
 
 def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("Text generation", "configurations")
-    group.add_argument("--temperature", type=float, default=1.0, help="logits are divided by it")
-    group.add_argument("--top_p", type=float, default=0.0, help="nucleus sampling threshold; 0 = off")
-    group.add_argument("--top_k", type=int, default=0, help="keep the k most likely tokens; 0 = off")
+    group.add_argument(
+        "--temperature",
+        type=float,
+        default=1.0,
+        help="logits are divided by it; must be > 0 (0 is refused, not greedy: --top_k 1 is greedy decoding)",
+    )
+    group.add_argument(
+        "--top_p", type=float, default=0.0, help="nucleus sampling threshold in [0, 1]; 0 = off"
+    )
+    group.add_argument(
+        "--top_k", type=int, default=0, help="keep the k most likely tokens; 0 = off, 1 = greedy"
+    )
     group.add_argument(
         "--generation-task",
         type=str,

@@ -5,7 +5,8 @@
         --img-tokenizer-path pretrained/vqvae/vqvae_hard_biggerset_011.pt --max-position-embeddings 1089
 
 The scripts in ``scripts/`` carry the released models' arguments. Exit status: 0 when every query
-succeeded, 1 when some failed (each reported on its own line), 2 when the run could not start.
+succeeded, 1 when some failed (each reported on its own line), 2 when the run could not start, 130 when
+Ctrl-C stopped it (every finished result is kept; the last line says how far it got).
 This file only wires things together: the work is in ``generation/``.
 """
 
@@ -19,8 +20,10 @@ import torch.distributed as dist
 import mpu
 from arguments import get_args
 from common.errors import InputError
-from generation.inputs import Query, interactive_queries, read_query_file, shared_queries
+from common.output_folders import check_writable_folder
+from generation.inputs import Slot, file_slots, interactive_queries, read_query_file, shared_queries
 from generation.outputs import ImageWriter
+from generation.results import ResultsFile
 from generation.runtime import (
     build_model,
     build_tokenizer,
@@ -30,26 +33,29 @@ from generation.runtime import (
     model_dtype,
     set_random_seed,
 )
+from generation.sampling import SamplingConfig
 from generation.tasks import TASKS, TaskContext
 from generation.tasks.base import code_grid_side
-from generation.tasks.runner import run_queries, write_results
+from generation.tasks.runner import RunSummary, as_slots, run_queries
 from model import GPT2Model
 
 INTERACTIVE = "interactive"
+INTERRUPTED = 130  # the exit status of a process stopped by Ctrl-C (128 + SIGINT)
 
 
-def read_queries(args: argparse.Namespace) -> tuple[Iterable[Query], int | None]:
-    """This process's queries, and the file's number of lines (None for the interactive prompt)."""
+def read_slots(args: argparse.Namespace) -> tuple[Iterable[Slot], int | None]:
+    """This process's slots of the query loop, and its number of queries (None for the interactive prompt)."""
     if args.input_source != INTERACTIVE:
         rank, size = mpu.get_data_parallel_rank(), mpu.get_data_parallel_world_size()
-        return read_query_file(args.input_source, rank, size)
+        queries, num_lines = read_query_file(args.input_source, rank, size)
+        return file_slots(queries, num_lines, rank, size), len(queries)
     if mpu.get_data_parallel_world_size() > 1:
         raise InputError(
             "--input-source interactive runs one model copy; use a query file to share work among processes"
         )
     if args.world_size == 1:
-        return interactive_queries(), None
-    return shared_queries(interactive_queries() if args.rank == 0 else None), None
+        return as_slots(interactive_queries()), None
+    return as_slots(shared_queries(interactive_queries() if args.rank == 0 else None)), None
 
 
 def build_caption_model(args: argparse.Namespace, num_tokens: int, device: torch.device) -> GPT2Model | None:
@@ -68,20 +74,31 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = get_args(argv)
     device = init_device(args)
     created_group = init_distributed(args, device)
+    status = INTERRUPTED
     try:
-        return generate(args, device)
+        status = generate(args, device)
+    except KeyboardInterrupt:
+        print("interrupted before the first query; nothing was generated", file=sys.stderr)
     finally:
         if created_group:
-            dist.barrier()
+            if status != INTERRUPTED:
+                dist.barrier()
             dist.destroy_process_group()
+    return status
 
 
 def generate(args: argparse.Namespace, device: torch.device) -> int:
-    """Load what ``args`` names, run every query through the task, write the results; the exit status."""
+    """Check and load what ``args`` names, run every query through the task; the exit status.
+
+    Everything that can be checked without the model (sampling options, files, the output folder) is
+    checked before the model is loaded, so a typo costs seconds, not a model load.
+    """
     task = TASKS[args.generation_task]
     try:
+        SamplingConfig.of(args)  # checks the sampling options and batch sizes
         check_weights(args)
-        queries, num_lines = read_queries(args)
+        slots, total = read_slots(args)
+        check_writable_folder(args.output_path, f"--output-path {args.output_path}")
         set_random_seed(args.seed, device)
         if device.type == "cpu" and (args.fp16 or args.bf16):
             print("warning: half precision is very slow on most CPUs; fp32 is the default", file=sys.stderr)
@@ -103,24 +120,29 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     writer = ImageWriter(args.output_path, args.debug) if mpu.get_model_parallel_rank() == 0 else None
-    failures, results = run_queries(
-        ctx,
-        task,
-        queries,
-        writer,
-        with_id=args.with_id,
-        seed=args.seed,
-        total=len(queries) if num_lines is not None else None,
+    writes_results = task.results_file is not None and (not dist.is_initialized() or dist.get_rank() == 0)
+    results = ResultsFile(args.output_path, task.results_file) if writes_results else None
+    summary = run_queries(
+        ctx, task, slots, writer, results, with_id=args.with_id, seed=args.seed, total=total
     )
-    path = write_results(task, results, args.output_path, num_lines or 0)
-    if path is not None:
-        print(f"results: {path}")
-    if failures:
-        print(
-            f"{failures} quer{'y' if failures == 1 else 'ies'} failed (see the error lines above)",
-            file=sys.stderr,
-        )
-    return 1 if failures else 0
+    return report(summary, total)
+
+
+def report(summary: RunSummary, total: int | None) -> int:
+    """Print where the results are and how the run went; the exit status (0, 1 some failed, 130 Ctrl-C)."""
+    if summary.results_path is not None:
+        print(f"results: {summary.results_path}")
+    if summary.failures:
+        noun = "query" if summary.failures == 1 else "queries"
+        print(f"{summary.failures} {noun} failed (see the error lines above)", file=sys.stderr)
+    if summary.interrupted:
+        where = f" during {summary.interrupted_at}" if summary.interrupted_at else ""
+        done = f"{summary.done} of {total}" if total is not None else str(summary.done)
+        noun = "query" if (summary.done if total is None else total) == 1 else "queries"
+        kept = f"; their results are in {summary.results_path}" if summary.results_path else ""
+        print(f"interrupted{where}: {done} {noun} finished{kept}", file=sys.stderr)
+        return INTERRUPTED
+    return 1 if summary.failures else 0
 
 
 if __name__ == "__main__":

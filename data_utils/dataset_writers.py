@@ -36,7 +36,7 @@ class OutputExistsError(InputError, FileExistsError):
     """The output path already holds a finished dataset."""
 
 
-class WriterBusyError(OSError):
+class WriterBusyError(InputError):
     """Another process is writing the same output (it holds the output's lock)."""
 
 

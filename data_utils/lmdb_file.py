@@ -16,6 +16,8 @@ import os
 import struct
 from pathlib import Path
 
+from common.errors import InputError
+
 PAGE_HEADER_BYTES = 16
 META_FORMAT = "=IIQQ48s48sQQ"  # magic, version, address, map size, free db, main db, last page, txn id
 META_BYTES = struct.calcsize(META_FORMAT)
@@ -23,7 +25,7 @@ LMDB_MAGIC = 0xBEEFC0DE
 LMDB_DATA_VERSION = 1
 
 
-class LMDBFileError(ValueError):
+class LMDBFileError(InputError):
     """An LMDB data file that is not one, or is shorter than its header says."""
 
 

@@ -59,6 +59,16 @@ class QueryError(InputError):
     """A generation query that cannot be parsed."""
 
 
+class QueryTooLongError(QueryError):
+    """A query longer than the model takes; ``length`` is its length so far (a lower bound)."""
+
+    def __init__(self, length: int, max_length: int):
+        super().__init__(
+            f"the query is at least {length} tokens long, but the model takes at most {max_length}"
+        )
+        self.length, self.max_length = length, max_length
+
+
 def as_int_list(ids: Sequence[int] | np.ndarray | torch.Tensor) -> list[int]:
     """Any 1-D container of ids (list, numpy array, tensor) → list of Python ints."""
     if isinstance(ids, np.ndarray | torch.Tensor):
@@ -159,6 +169,11 @@ class UnifiedTokenizer:
         text_buffer: list[int] = []
         image_buffer: list[int] = []
         for position, token in enumerate(as_int_list(ids)):
+            if token == MASK:
+                raise ValueError(
+                    f"Position {position} holds -1, a position still to generate ([MASK] in parse_query); "
+                    "fill the sequence first, e.g. with generation.filling_sequence."
+                )
             if not 0 <= token < self.num_tokens:
                 raise ValueError(
                     f"Id {token} at position {position} is outside the vocabulary [0, {self.num_tokens})."
@@ -201,8 +216,11 @@ class UnifiedTokenizer:
             )
         return prefix + list(code) + suffix
 
-    def parse_query(self, query: str, img_size: int = 256) -> list[int]:
+    def parse_query(self, query: str, img_size: int = 256, max_length: int | None = None) -> list[int]:
         """A generation query → unified ids with −1 at the positions the model must fill.
+
+        With ``max_length``, a ``[MASK]*N`` that would make the query longer is refused before anything
+        is allocated (``[MASK]*9999999999`` would otherwise need some 80 GB).
 
         The query is split on single spaces; each part is
           * a command name such as `[ROI1]` → its id, except `[MASK]` → −1;
@@ -232,6 +250,8 @@ class UnifiedTokenizer:
                 if not count.isdigit() or int(count) == 0:
                     raise QueryError(f"{part!r} in the query: N in [MASK]*N must be a positive integer.")
                 flush_text()
+                if max_length is not None and len(ids) + int(count) > max_length:
+                    raise QueryTooLongError(len(ids) + int(count), max_length)
                 ids.extend([MASK] * int(count))
             elif part.startswith("[Image"):
                 count, bracket, path = part[len("[Image") :].partition("]")

@@ -11,7 +11,7 @@ from tqdm import tqdm
 import mpu
 from data_utils import layouts
 from data_utils.unified_tokenizer import tokenizer_or_default
-from generation.sampling import InvalidSlices, SamplingConfig, Tokenizer, sample
+from generation.sampling import InvalidSlices, SamplingConfig, Tokenizer, check_batch_sizes, sample
 from model import GPT2Model
 
 NO_ROI2 = 100000  # the original's "no [ROI2] seen" offset
@@ -35,11 +35,7 @@ def batch_chunks(batch_size: int, max_inference_batch_size: int) -> list[int]:
 
     The original required ``batch_size < max`` or divisibility; any combination works here.
     """
-    if batch_size < 1 or max_inference_batch_size < 1:
-        raise ValueError(
-            f"--batch-size ({batch_size}) and --max-inference-batch-size ({max_inference_batch_size}) "
-            "must both be at least 1."
-        )
+    check_batch_sizes(batch_size, max_inference_batch_size)
     full, rest = divmod(batch_size, max_inference_batch_size)
     return [max_inference_batch_size] * full + ([rest] if rest else [])
 

@@ -38,6 +38,11 @@ class Query:
         return f"{'query' if self.interactive else 'line'} {self.number}"
 
 
+# One slot of the query loop: (line number, query or None for a blank line), or None as padding.
+Slot = tuple[int, Query | None] | None
+MAX_ID_BYTES = 200  # an id names a folder; with the suffixes added to it, it must fit a file name (255)
+
+
 def read_query_file(path: str | os.PathLike, rank: int = 0, world_size: int = 1) -> tuple[list[Query], int]:
     """The non-blank lines of ``path`` that belong to process ``rank``, and the file's number of lines.
 
@@ -62,6 +67,19 @@ def read_query_file(path: str | os.PathLike, rank: int = 0, world_size: int = 1)
     return queries, len(lines)
 
 
+def file_slots(queries: Sequence[Query], num_lines: int, rank: int = 0, world_size: int = 1) -> list[Slot]:
+    """Process ``rank``'s lines of a file of ``num_lines``, in order, as the runner's slots.
+
+    Each slot is ``(line number, query)``, with None for a blank line (its results line stays empty); the
+    list is padded with None to the same length on every process (``ceil(num_lines / world_size)``), so
+    that all of them take part in every round in which the results lines are gathered.
+    """
+    by_number = {query.number: query for query in queries}
+    numbers = range(rank + 1, num_lines + 1, world_size)
+    rounds = -(-num_lines // world_size)
+    return [(number, by_number.get(number)) for number in numbers] + [None] * (rounds - len(numbers))
+
+
 def interactive_queries(
     read: Callable[[str], str] = input, write: Callable[[str], None] = print
 ) -> Iterator[Query]:
@@ -72,6 +90,9 @@ def interactive_queries(
             line = read(PROMPT)
         except EOFError:
             return
+        except KeyboardInterrupt:
+            write("")  # end the prompt's line before the run says it was interrupted
+            raise
         if line.strip() == STOP:
             return
         if not line.strip():
@@ -101,6 +122,11 @@ def check_id(query_id: str) -> str:
         raise QueryError(f"id {query_id!r} is not a folder name: it must be non-empty, without '..'")
     if any(sep in query_id for sep in separators):
         raise QueryError(f"id {query_id!r} is not a folder name: it must not contain '/' or '\\'")
+    size = len(query_id.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        raise QueryError(
+            f"id {query_id[:20]!r}... is {size} bytes long: at most {MAX_ID_BYTES} fit in a folder name"
+        )
     return query_id
 
 

@@ -8,8 +8,10 @@ Naming follows the original, with the overwrites removed:
 * otherwise: ``{folder}/{i}.jpg`` for each sample and ``{folder}/concat.jpg`` (their grid), where the
   folder is ``{output-path}/{id}`` with ``--with-id`` and ``{output-path}/{text[:20]}`` without it (the
   original wrote every query to ``{output-path}/0.jpg``). An existing folder is never reused: the next
-  free ``{name}-1``, ``{name}-2``, ... is taken.
-* per-line results (captions, scores) go to one text file aligned with the input, line n for line n.
+  free ``{name}-1``, ``{name}-2``, ... is taken. The folder is written as ``.{name}.incomplete-...`` and
+  renamed when complete, so it appears whole or not at all (a crash leaves only the hidden, so-named one).
+* per-line results (captions, scores) go to one text file aligned with the input, line n for line n,
+  appended as the run goes (``generation.results``).
 
 Images are clamped to [0, 1] when saved. The original min-max stretched each saved image (or grid) to
 [0, 1] instead (``save_image(normalize=True)``), which changed colours and contrast per image.
@@ -17,16 +19,18 @@ Every file is written to a temporary name in the same folder and renamed, so no 
 half-written file.
 """
 
+import errno
 import os
+import secrets
+import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from torchvision.utils import make_grid
 
-from common.atomic_files import atomic_write_text, numbered_names, write_atomic, write_new
+from common.atomic_files import fsync_directory, numbered_names, write_atomic, write_new
 from vqvae import to_pil
 
 GRID_COLUMNS = 8
@@ -67,19 +71,60 @@ def same_size(images: Sequence[torch.Tensor]) -> torch.Tensor:
 
 
 def grid(images: Sequence[torch.Tensor]) -> torch.Tensor:
-    """The original's image grid (8 per row, 2 px black padding) of clamped images → ``[3, H', W']``."""
-    return make_grid(same_size(images).clamp(0, 1), nrow=GRID_COLUMNS, padding=GRID_PADDING)
+    """The original's image grid of clamped images → ``[3, H', W']``: ``torchvision.utils.make_grid``'s.
+
+    8 per row with 2 px of black around and between them; a single image comes back as it is, without
+    padding, as make_grid returns it. Written here so that generation does not import torchvision, which
+    takes as long to import as torch itself.
+    """
+    batch = same_size(images).clamp(0, 1)  # [n, 3, H, W]
+    if batch.size(0) == 1:
+        return batch[0]
+    count, channels, height, width = batch.shape
+    columns = min(GRID_COLUMNS, count)
+    rows = -(-count // columns)
+    cell_height, cell_width = height + GRID_PADDING, width + GRID_PADDING
+    canvas = batch.new_zeros(channels, rows * cell_height + GRID_PADDING, columns * cell_width + GRID_PADDING)
+    for index, image in enumerate(batch):
+        row, column = divmod(index, columns)
+        top, left = row * cell_height + GRID_PADDING, column * cell_width + GRID_PADDING
+        canvas[:, top : top + height, left : left + width] = image
+    return canvas
 
 
-def new_folder(parent: Path, name: str) -> Path:
-    """Create and return the first of ``parent/name``, ``parent/name-1``, ... that does not exist yet."""
+def incomplete_folder(parent: Path, name: str) -> Path:
+    """A new hidden folder in which a query's images are written before :func:`publish_folder`.
+
+    Its name, ``.{name}.incomplete-...``, marks it as unfinished if a crash leaves it behind.
+    """
     parent.mkdir(parents=True, exist_ok=True)
-    for candidate in numbered_names(name):
+    while True:
+        staging = parent / f".{name}.incomplete-{os.getpid()}-{secrets.token_hex(4)}"
         try:
-            (parent / candidate).mkdir()
+            staging.mkdir()
         except FileExistsError:
             continue
-        return parent / candidate
+        return staging
+
+
+def publish_folder(staging: Path, parent: Path, name: str) -> Path:
+    """Rename the finished folder ``staging`` to the first free one of ``parent/name``, ``name-1``, ...
+
+    So a query's folder appears whole or not at all, and never replaces or joins an existing one (a
+    rename onto a folder that is not empty fails, so concurrent runs cannot collide either).
+    """
+    for candidate in numbered_names(name):
+        target = parent / candidate
+        if target.exists():
+            continue
+        try:
+            os.rename(staging, target)
+        except OSError as error:
+            if error.errno in (errno.EEXIST, errno.ENOTEMPTY):  # taken since the check
+                continue
+            raise
+        fsync_directory(parent)
+        return target
     raise AssertionError("unreachable: numbered_names never ends")
 
 
@@ -90,11 +135,6 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     """
     picture = to_pil(image)
     return write_atomic(path, lambda temporary: picture.save(temporary))
-
-
-def save_text(text: str, path: str | os.PathLike) -> Path:
-    """Write ``text`` to ``path`` atomically (UTF-8)."""
-    return atomic_write_text(path, text)
 
 
 class ImageWriter:
@@ -126,30 +166,14 @@ class ImageWriter:
             return [write_new(folder, stem, IMAGE_SUFFIX, lambda temporary: picture.save(temporary))]
         if not samples:
             return []
-        folder = new_folder(self.root, query_id or slug(label))
-        paths = [save_image(image, folder / f"{i}{IMAGE_SUFFIX}") for i, image in enumerate(samples)]
-        paths.append(save_image(grid(samples), folder / f"concat{IMAGE_SUFFIX}"))
-        return paths
-
-
-class AlignedLines:
-    """Result lines keyed by input line number, written as one file where line n answers input line n.
-
-    Lines without a result (blank input lines) stay empty, so scores and captions never shift.
-    """
-
-    def __init__(self) -> None:
-        self.lines: dict[int, str] = {}
-
-    def record(self, number: int, line: str) -> None:
-        """Set the result of input line ``number`` (1-based); it must be a single line."""
-        self.lines[number] = " ".join(line.splitlines())
-
-    def merge(self, other: dict[int, str]) -> None:
-        """Add the lines another process recorded."""
-        self.lines.update(other)
-
-    def write(self, path: str | os.PathLike, total: int = 0) -> Path:
-        """Write lines 1..max(total, last recorded) to ``path`` atomically."""
-        count = max([total, *self.lines])
-        return save_text("".join(f"{self.lines.get(n, '')}\n" for n in range(1, count + 1)), path)
+        name = query_id or slug(label)
+        staging = incomplete_folder(self.root, name)
+        try:
+            names = [
+                save_image(image, staging / f"{i}{IMAGE_SUFFIX}").name for i, image in enumerate(samples)
+            ]
+            names.append(save_image(grid(samples), staging / f"concat{IMAGE_SUFFIX}").name)
+            folder = publish_folder(staging, self.root, name)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)  # gone already unless something failed
+        return [folder / file_name for file_name in names]

@@ -6,12 +6,15 @@ with top-k and top-p, softmax, draw. ``top_k = top_p = 0`` is plain ancestral sa
 
 import argparse
 import importlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 import torch.nn.functional as F
+
+from common.errors import InputError
 
 
 class Tokenizer(Protocol):
@@ -23,12 +26,43 @@ class Tokenizer(Protocol):
     def __getitem__(self, command_token: str) -> int: ...
 
 
+class SamplingOptionError(InputError):
+    """A temperature, top-k, top-p or batch size that sampling cannot use."""
+
+
+def check_sampling_options(temperature: float, top_k: int, top_p: float) -> None:
+    """Refuse sampling settings that would fail mid-run or be silently meaningless, naming the flag.
+
+    Temperature 0 is refused rather than read as greedy (dividing by it gives inf/nan probabilities);
+    ``top_k = 1`` is greedy decoding.
+    """
+    if not (math.isfinite(temperature) and temperature > 0):
+        raise SamplingOptionError(
+            f"--temperature must be a positive number, got {temperature:g} "
+            "(0 is not greedy decoding: pass --top_k 1 for that)"
+        )
+    if top_k < 0:
+        raise SamplingOptionError(f"--top_k must be 0 (off) or a positive number of tokens, got {top_k}")
+    if not 0.0 <= top_p <= 1.0:
+        raise SamplingOptionError(f"--top_p must be between 0 (off) and 1, got {top_p:g}")
+
+
+def check_batch_sizes(batch_size: int, max_inference_batch_size: int) -> None:
+    """Refuse a batch of no samples, or forwards of none, naming both flags."""
+    if batch_size < 1 or max_inference_batch_size < 1:
+        raise SamplingOptionError(
+            f"--batch-size ({batch_size}) and --max-inference-batch-size ({max_inference_batch_size}) "
+            "must both be at least 1."
+        )
+
+
 @dataclass(frozen=True)
 class SamplingConfig:
     """How generation samples: the filters of :func:`sample` and how many samples, in forwards of how many.
 
     Built once from the command line (:meth:`of`) instead of reading and copying the argparse namespace
-    deep inside the sampler.
+    deep inside the sampler. The settings are checked when it is built (:class:`SamplingOptionError`), so
+    a bad one stops a run at start-up rather than at its first sample.
     """
 
     temperature: float
@@ -36,6 +70,10 @@ class SamplingConfig:
     top_p: float
     batch_size: int
     max_inference_batch_size: int
+
+    def __post_init__(self) -> None:
+        check_sampling_options(self.temperature, self.top_k, self.top_p)
+        check_batch_sizes(self.batch_size, self.max_inference_batch_size)
 
     @classmethod
     def of(cls, settings: "SamplingConfig | argparse.Namespace") -> "SamplingConfig":

@@ -21,7 +21,6 @@ if [ -z "${DEVICE:-}" ]; then
   DEVICE="$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
 fi
 if [ "$DEVICE" = cpu ]; then
-  export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"  # DeepSpeed (imported for its arguments) stays quiet
   PRECISION="${PRECISION:-fp32}"
 fi
 case "${PRECISION:-fp16}" in

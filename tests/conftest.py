@@ -12,6 +12,7 @@ from PIL import Image, ImageDraw
 import vqvae
 from data_utils import unified_tokenizer
 from data_utils.unified_tokenizer import UnifiedTokenizer
+from tools.make_tiny_cogview import make_tiny_cogview, spread_codebook
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 REAL_SP_MODEL = REPO_ROOT / "pretrained" / "chinese_sentencepiece" / "cog-pretrain.model"
@@ -23,15 +24,6 @@ SHAPE_COLOURS = {
     "yellow": (230, 210, 40),
 }
 SHAPE_KINDS = ("circle", "square", "triangle")
-
-
-def spread_codebook(model: vqvae.VQVAE, images: torch.Tensor) -> None:
-    """Set a random VQ-VAE's codebook to random encoder outputs of ``images``, so the codes vary."""
-    with torch.no_grad():
-        latents = model.enc_b(images).reshape(-1, model.quantize_t.embed.shape[0])  # [n, dim]
-        codebook = latents[torch.randperm(latents.shape[0])[: model.n_embed]].t()  # [dim, n_embed]
-        model.quantize_t.embed.copy_(codebook)
-        model.quantize_t.embed_avg.copy_(codebook)
 
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
@@ -150,61 +142,14 @@ def make_shape_images():
     return make
 
 
-TINY_COGVIEW_SIZES = {
-    "num_layers": 2,
-    "hidden_size": 32,
-    "num_attention_heads": 2,
-    "max_position_embeddings": 96,
-}
-
-
 @pytest.fixture(scope="session")
 def tiny_cogview(tmp_path_factory: pytest.TempPathFactory) -> dict:
     """A random tiny CogView saved in the released layouts, for end-to-end generation tests.
 
-    * ``vqvae``: a ×32 VQ-VAE (256² px → 8×8 = 64 codes, size token ``[TINY]``; 128² → 4×4), its codebook
-      spread over encoder outputs so that different images get different codes, and its decoder
-      re-initialised with large weights so that different codes decode to visibly different images;
-    * ``checkpoint``: a 2-layer, 32-wide ``GPT2Model`` with 96 positions over the unified vocabulary
-      (64 image + the real 50000 text + 27 command ids, padded to 50176), saved by ``save_checkpoint``
-      as ``{checkpoint}/latest_checkpointed_iteration.txt`` and ``{checkpoint}/142000/mp_rank_00_...``;
-    * ``args``: the command-line arguments that describe it (``--max-position-embeddings-finetune 128``
-      makes room for the super-resolution windows).
+    Made by ``tools/make_tiny_cogview.py`` (see there): ``vqvae``, a ×32 VQ-VAE (256² px → 8×8 = 64 codes,
+    size token ``[TINY]``; 128² → 4×4); ``checkpoint``, a 2-layer, 32-wide ``GPT2Model`` with 96 positions
+    over the unified vocabulary (64 image + the real 50000 text + 27 command ids, padded to 50176) in
+    ``{checkpoint}/142000/mp_rank_00_...``; ``args``, the command-line arguments that describe it
+    (``--max-position-embeddings-finetune 128`` makes room for the super-resolution windows).
     """
-    from model import GPT2Model
-    from model.checkpoint import save_checkpoint
-    from model.partition import padded_vocab_size
-
-    folder = tmp_path_factory.mktemp("tiny_cogview")
-    torch.manual_seed(0)
-    image_model = vqvae.VQVAE(channel=8, embed_dim=8, n_embed=64, stride=10).eval()
-    spread_codebook(image_model, torch.randn(2, 3, 256, 256) * 1.5)
-    with torch.no_grad():
-        convs = [
-            layer
-            for layer in image_model.dec.blocks
-            if isinstance(layer, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
-        ]
-        for std, conv in zip([2.0] + [0.5] * (len(convs) - 1), convs, strict=True):
-            torch.nn.init.normal_(conv.weight, std=std)
-            torch.nn.init.zeros_(conv.bias)
-    vqvae.save_vqvae(image_model, folder / "vqvae.pt")
-
-    num_tokens = 64 + spm.SentencePieceProcessor(model_file=str(REAL_SP_MODEL)).GetPieceSize() + 27
-    sizes = TINY_COGVIEW_SIZES
-    model = GPT2Model(
-        num_layers=sizes["num_layers"],
-        vocab_size=padded_vocab_size(num_tokens, 1),
-        hidden_size=sizes["hidden_size"],
-        num_attention_heads=sizes["num_attention_heads"],
-        embedding_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-        output_dropout_prob=0.0,
-        max_sequence_length=sizes["max_position_embeddings"],
-        max_memory_length=0,
-        checkpoint_activations=False,
-    )
-    save_checkpoint(model, folder / "checkpoint", 142000)
-    args = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
-    args += ["--max-position-embeddings-finetune=128"]
-    return {"checkpoint": folder / "checkpoint", "vqvae": folder / "vqvae.pt", "args": args}
+    return make_tiny_cogview(tmp_path_factory.mktemp("tiny_cogview"))

@@ -459,7 +459,8 @@ def test_deepspeed_config_errors_name_the_file(tmp_path, capsys):
 
 
 def test_deepspeed_arguments_parse_without_importing_deepspeed():
-    """--help must be quick and stdout clean: DeepSpeed's import takes seconds and prints a warning there."""
+    """--help must be quick and stdout clean: DeepSpeed's import takes seconds and prints a warning there,
+    and torchvision's takes as long as torch's."""
     script = (
         "import sys\n"
         "from arguments import build_parser\n"
@@ -475,6 +476,7 @@ def test_deepspeed_arguments_parse_without_importing_deepspeed():
         "except SystemExit:\n"
         "    pass\n"
         "assert 'deepspeed' not in sys.modules, 'deepspeed was imported'\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision was imported'\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120

@@ -20,8 +20,9 @@ from common.devices import DeviceError, parse_device, process_device, resolve_de
 from common.errors import InputError, MissingInputError
 from data_utils.unified_tokenizer import QueryError
 from generation.inputs import Query
+from generation.results import ResultsFile
 from generation.tasks.base import QueryResult, Task
-from generation.tasks.runner import run_queries
+from generation.tasks.runner import as_slots, run_queries
 
 
 def test_atomic_text_replaces_and_leaves_no_temporary(tmp_path):
@@ -128,7 +129,7 @@ def _context():
     return SimpleNamespace(model=model, generator=None)
 
 
-def test_runner_counts_bad_queries_and_lets_bugs_through():
+def test_runner_counts_bad_queries_and_lets_bugs_through(tmp_path):
     def run(ctx, fields):
         if fields[0] == "bad":
             raise QueryError("the query is bad")
@@ -136,9 +137,11 @@ def test_runner_counts_bad_queries_and_lets_bugs_through():
             raise ValueError("7 is not divisible by 2")  # what mpu.divide raises
         return QueryResult(line=fields[0].upper())
 
-    task = Task("echo", ("text",), run)
-    failures, results = run_queries(_context(), task, [Query(1, "good"), Query(2, "bad")], None)
-    assert failures == 1
-    assert results.lines == {1: "GOOD", 2: "error: the query is bad"}
+    task = Task("echo", ("text",), run, results_file="echo.txt")
+    results = ResultsFile(tmp_path, task.results_file)
+    slots = as_slots([Query(1, "good"), Query(2, "bad")])
+    summary = run_queries(_context(), task, slots, None, results)
+    assert (summary.done, summary.failures) == (2, 1)
+    assert summary.results_path.read_text(encoding="utf-8") == "GOOD\nerror: the query is bad\n"
     with pytest.raises(ValueError, match="not divisible"):
-        run_queries(_context(), task, [Query(1, "good"), Query(2, "bug")], None)
+        run_queries(_context(), task, as_slots([Query(1, "good"), Query(2, "bug")]), None, None)

@@ -4,9 +4,13 @@ The tiny model (``tiny_cogview`` in conftest) has the released layouts and the r
 ×32 VQ-VAE so that a 256² image is 8×8 = 64 codes (``[TINY]``) and a whole run takes about a second.
 """
 
+import dataclasses
+import errno
 import io
 import os
 import re
+import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -22,13 +26,16 @@ import vqvae
 from arguments import get_args
 from data_utils import unified_tokenizer
 from data_utils.unified_tokenizer import QueryError, UnifiedTokenizer
-from generation.inputs import PROMPT, Query, interactive_queries, read_query_file, split_fields
-from generation.outputs import AlignedLines, grid, new_folder, slug, write_new
+from generation import outputs
+from generation.inputs import PROMPT, Query, file_slots, interactive_queries, read_query_file, split_fields
+from generation.outputs import grid, incomplete_folder, publish_folder, slug, write_new
+from generation.results import ResultsFile
 from generation.runtime import build_model
 from generation.scoring import inverse_prompt_score
 from generation.tasks import TASKS, TaskContext
 from tests.helpers.distributed import run_distributed
 from tests.test_scoring import hand_score as scoring_hand_score
+from tools import make_tiny_cogview
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BATCH = 2
@@ -193,21 +200,56 @@ def test_slug_is_the_original_stem_made_safe():
     assert slug("a\\b\x00c\n") == "abc"
 
 
-def test_write_new_and_new_folder_never_reuse_a_name(tmp_path):
+def test_write_new_and_publish_folder_never_reuse_a_name(tmp_path):
     first = write_new(tmp_path, "x", ".txt", lambda path: path.write_text("1"))
     second = write_new(tmp_path, "x", ".txt", lambda path: path.write_text("2"))
     assert (first.name, second.name) == ("x.txt", "x-1.txt")
     assert (first.read_text(), second.read_text()) == ("1", "2")
-    assert [new_folder(tmp_path, "q").name for _ in range(3)] == ["q", "q-1", "q-2"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "q-1", "q-2", "x-1.txt", "x.txt"]  # no temps
+    (tmp_path / "q-1").mkdir()  # an empty folder is taken too
+    published = []
+    for content in "abc":
+        staging = incomplete_folder(tmp_path, "q")
+        assert staging.name.startswith(".q.incomplete-")
+        (staging / "0.jpg").write_text(content)
+        published.append(publish_folder(staging, tmp_path, "q"))
+    assert [folder.name for folder in published] == ["q", "q-2", "q-3"]
+    assert [(folder / "0.jpg").read_text() for folder in published] == ["a", "b", "c"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["q", "q-1", "q-2", "q-3", "x-1.txt", "x.txt"]
 
 
-def test_aligned_lines_keep_line_numbers(tmp_path):
-    lines = AlignedLines()
-    lines.record(3, "c\nstill c")
-    lines.merge({1: "a"})
-    path = lines.write(tmp_path / "out.txt", total=4)
-    assert path.read_text(encoding="utf-8") == "a\n\nc still c\n\n"
+def test_results_file_appends_in_input_order_and_never_replaces(tmp_path):
+    results = ResultsFile(tmp_path, "scores.txt")
+    results.record(2, None)  # waits for line 1
+    assert results.path is None and list(tmp_path.iterdir()) == []
+    results.record(1, "a\nstill a")
+    assert results.path.read_text(encoding="utf-8") == "a still a\n\n"  # flushed, before any close
+    results.record(4, "d")
+    results.record(3, "c")
+    results.record(3, "a model-parallel duplicate")
+    results.close()
+    assert results.path.read_text(encoding="utf-8") == "a still a\n\nc\nd\n"
+    rerun = ResultsFile(tmp_path, "scores.txt")
+    rerun.record(1, "new")
+    rerun.close()
+    assert rerun.path.name == "scores-1.txt" and results.path.read_text(encoding="utf-8").startswith("a")
+
+
+def test_file_slots_give_every_process_the_same_number_of_rounds(tmp_path):
+    path = tmp_path / "queries.txt"
+    path.write_text("a\n\nb\nc\nd\n", encoding="utf-8")
+    slots = []
+    for rank in range(2):
+        queries, num_lines = read_query_file(path, rank, 2)
+        slots.append(file_slots(queries, num_lines, rank, 2))
+    numbers = [[(slot[0], slot[1] and slot[1].line) if slot else None for slot in rank] for rank in slots]
+    assert numbers == [[(1, "a"), (3, "b"), (5, "d")], [(2, None), (4, "c"), None]]
+
+
+def test_long_ids_are_refused_before_any_work():
+    with pytest.raises(
+        QueryError, match=r"id 'iiiiiiiiiiiiiiiiiiii'\.\.\. is 300 bytes long: at most 200 fit"
+    ):
+        split_fields(Query(1, "i" * 300 + "\t一只猫"), ("text",), with_id=True)
 
 
 def test_grid_clamps_instead_of_stretching_and_upsamples_small_images():
@@ -217,6 +259,9 @@ def test_grid_clamps_instead_of_stretching_and_upsamples_small_images():
     upsampled = small.repeat_interleave(2, dim=2).repeat_interleave(2, dim=3)
     expected = make_grid(torch.cat([big.clamp(0, 1), upsampled]), nrow=8, padding=2)
     assert torch.equal(result, expected)
+    for count in (1, 8, 9, 17):  # one image (no padding), a full row, and rows left part-empty
+        images = torch.rand(count, 3, 5, 7) * 1.4 - 0.2
+        assert torch.equal(grid(list(images)), make_grid(images.clamp(0, 1), nrow=8, padding=2)), count
 
 
 # --- tasks from Python ---------------------------------------------------------------------------
@@ -240,6 +285,9 @@ def test_post_selection_scores_each_image_in_input_order(ctx, images):
 def test_too_long_prompt_names_the_limit(ctx):
     with pytest.raises(QueryError, match=r"is 1\d\d tokens long, but the model takes at most 128"):
         TASKS["text2image"].run(ctx, ["一只猫" * 40])
+    for task in ("text2image", "post-selection"):  # a huge [MASK]*N in a text field: refused, not allocated
+        with pytest.raises(QueryError, match=r"is at least 10000000001 tokens long, but the model takes"):
+            TASKS[task].run(ctx, ["一只猫 [MASK]*9999999999", "unused.png"][: 1 + (task != "text2image")])
 
 
 # --- generate_samples.main ------------------------------------------------------------------------
@@ -437,6 +485,38 @@ def test_missing_files_stop_with_one_line_and_status_2(tiny_cogview, tmp_path, c
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (
+            ["--temperature", "0"],
+            "--temperature must be a positive number, got 0 (0 is not greedy decoding: pass --top_k 1 "
+            "for that)",
+        ),
+        (["--temperature", "-1"], "--temperature must be a positive number, got -1"),
+        (["--temperature", "nan"], "--temperature must be a positive number, got nan"),
+        (["--top_k", "-5"], "--top_k must be 0 (off) or a positive number of tokens, got -5"),
+        (["--top_p", "1.5"], "--top_p must be between 0 (off) and 1, got 1.5"),
+        (
+            ["--batch-size", "0"],
+            "--batch-size (0) and --max-inference-batch-size (1) must both be at least 1.",
+        ),
+        (
+            ["--max-inference-batch-size", "0"],
+            "--batch-size (2) and --max-inference-batch-size (0) must both",
+        ),
+    ],
+)
+def test_bad_sampling_options_stop_at_start_up(tiny_cogview, tmp_path, capsys, options, message):
+    queries = tmp_path / "input.txt"
+    queries.write_text("一只猫\n", encoding="utf-8")
+    argv = cli_args(tiny_cogview, "--input-source", str(queries), "--output-path", str(tmp_path / "out"))
+    status, _, stderr = run_main(capsys, [*argv, *options])
+    assert status == 2
+    assert stderr.startswith(f"error: {message}") and stderr.count("\n") == 1
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 @pytest.mark.parametrize(("precision", "tolerance"), [((), 1e-3), (("--fp16",), 0.1), (("--bf16",), 0.3)])
@@ -490,6 +570,188 @@ def test_two_processes_share_a_file_and_match_one_process(tiny_cogview, images, 
     assert files == sorted(p.relative_to(two / "t2i") for p in (two / "t2i").rglob("*.jpg"))
     assert len(files) == 3 * (BATCH + 1)
     assert all((one / "t2i" / f).read_bytes() == (two / "t2i" / f).read_bytes() for f in files)
+
+
+# --- nothing lost, nothing crashes ---------------------------------------------------------------
+
+
+def _ctrl_c_during(monkeypatch: pytest.MonkeyPatch, task_name: str, when) -> None:
+    """Make ``task_name`` send this process a real SIGINT (Ctrl-C) as the queries ``when(fields)`` start."""
+    task = TASKS[task_name]
+
+    def run(ctx: TaskContext, fields: list[str]):
+        if when(fields):
+            os.kill(os.getpid(), signal.SIGINT)
+        return task.run(ctx, fields)
+
+    monkeypatch.setitem(TASKS, task_name, dataclasses.replace(task, run=run))
+
+
+def test_results_are_appended_as_queries_finish_and_survive_ctrl_c(
+    tiny_cogview, images, tmp_path, capsys, monkeypatch
+):
+    queries = tmp_path / "input.txt"
+    queries.write_text(f"{images / 'a.png'}\n\n{images / 'b.png'}\n{images / 'c.png'}\n", encoding="utf-8")
+    out = tmp_path / "captions"
+    argv = ["--generation-task", "image2text", "--input-source", str(queries), "--output-path", str(out)]
+    seen_during_line_4 = []
+
+    def at_line_4(fields: list[str]) -> bool:
+        if fields[0].endswith("c.png"):
+            seen_during_line_4.append((out / "captions.txt").read_text(encoding="utf-8"))
+            return True
+        return False
+
+    with monkeypatch.context() as patch:
+        _ctrl_c_during(patch, "image2text", at_line_4)
+        status, _, stderr = run_main(capsys, cli_args(tiny_cogview, *argv))
+    assert status == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted during line 4: 2 of 3 queries finished; their results are in {out / 'captions.txt'}"
+    )
+    kept = (out / "captions.txt").read_text(encoding="utf-8")
+    assert seen_during_line_4 == [kept]  # lines 1-3 were on disk before line 4 started
+    lines = kept.split("\n")
+    assert len(lines) == 4 and lines[1] == lines[3] == ""
+    assert len(lines[0].split("\t")) == len(lines[2].split("\t")) == BATCH
+
+    assert run_main(capsys, cli_args(tiny_cogview, *argv))[0] == 0  # a rerun: a new file, the old one kept
+    assert (out / "captions.txt").read_text(encoding="utf-8") == kept
+    rerun = (out / "captions-1.txt").read_text(encoding="utf-8").split("\n")
+    assert rerun[:3] == lines[:3] and len(rerun) == 5  # same seeds, and now line 4 too
+
+
+def test_ctrl_c_while_saving_leaves_no_partial_folder(tiny_cogview, tmp_path, capsys, monkeypatch):
+    queries = tmp_path / "input.txt"
+    queries.write_text("cat\t一只猫\ndog\t一只狗\n", encoding="utf-8")
+    out = tmp_path / "samples"
+    real_save = outputs.save_image
+
+    def ctrl_c_on_the_second_image_of_dog(image, path):
+        if path.parent.name.startswith(".dog.incomplete-") and path.name == "1.jpg":
+            os.kill(os.getpid(), signal.SIGINT)
+        return real_save(image, path)
+
+    monkeypatch.setattr(outputs, "save_image", ctrl_c_on_the_second_image_of_dog)
+    argv = ["--input-source", str(queries), "--output-path", str(out), "--with-id"]
+    status, _, stderr = run_main(capsys, cli_args(tiny_cogview, *argv))
+    assert status == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1] == "interrupted during line 2: 1 of 2 queries finished"
+    assert sorted(p.name for p in out.iterdir()) == ["cat"]  # no half-written dog folder, visible or not
+    assert sorted(p.name for p in (out / "cat").iterdir()) == ["0.jpg", "1.jpg", "concat.jpg"]
+
+
+def test_ctrl_c_at_the_interactive_prompt_is_one_line(tiny_cogview, images, tmp_path, capsys, monkeypatch):
+    class CtrlCAfterOneQuery(io.StringIO):
+        def readline(self, *args) -> str:
+            line = super().readline(*args)
+            if not line:
+                raise KeyboardInterrupt
+            return line
+
+    monkeypatch.setattr(sys, "stdin", CtrlCAfterOneQuery(f"{images / 'b.png'}\n"))
+    out = tmp_path / "interactive"
+    argv = ["--generation-task", "image2text", "--input-source", "interactive", "--output-path", str(out)]
+    status, stdout, stderr = run_main(capsys, cli_args(tiny_cogview, *argv))
+    assert status == 130 and "Traceback" not in stderr
+    assert stdout.endswith(f"{PROMPT}\nresults: {out / 'captions.txt'}\n")
+    assert stderr.strip().splitlines()[-1] == (
+        f"interrupted: 1 query finished; their results are in {out / 'captions.txt'}"
+    )
+    assert len((out / "captions.txt").read_text(encoding="utf-8").split("\n")[0].split("\t")) == BATCH
+
+
+def test_ctrl_c_while_the_model_loads_is_one_line(tiny_cogview, tmp_path, capsys, monkeypatch):
+    def ctrl_c(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(generate_samples, "build_model", ctrl_c)
+    queries = tmp_path / "input.txt"
+    queries.write_text("一只猫\n", encoding="utf-8")
+    argv = cli_args(tiny_cogview, "--input-source", str(queries), "--output-path", str(tmp_path / "out"))
+    status, _, stderr = run_main(capsys, argv)
+    assert (status, stderr) == (130, "interrupted before the first query; nothing was generated\n")
+
+
+def _not_loaded(*args, **kwargs):
+    raise AssertionError("the model was loaded before the output folder was checked")
+
+
+@pytest.mark.parametrize(
+    ("output", "message"),
+    [
+        (lambda tmp: tmp / "input.txt", r"--output-path (.*input\.txt) is not a folder: \1 is a file$"),
+        (
+            lambda tmp: tmp / "input.txt" / "out",
+            r"--output-path .*out is not a folder: .*input\.txt is a file$",
+        ),
+        (lambda tmp: Path("/sys/cogview-samples"), r"cannot write in --output-path /sys/cogview-samples: "),
+    ],
+    ids=["a file", "under a file", "not writable"],
+)
+def test_output_folder_is_checked_before_the_model_loads(
+    tiny_cogview, tmp_path, capsys, monkeypatch, output, message
+):
+    if str(output(tmp_path)).startswith("/sys") and not Path("/sys/kernel").is_dir():
+        pytest.skip("needs Linux's /sys, which nobody may create folders in")
+    queries = tmp_path / "input.txt"
+    queries.write_text("一只猫\n", encoding="utf-8")
+    monkeypatch.setattr(generate_samples, "build_model", _not_loaded)
+    argv = cli_args(tiny_cogview, "--input-source", str(queries), "--output-path", str(output(tmp_path)))
+    status, _, stderr = run_main(capsys, argv)
+    assert status == 2 and stderr.count("\n") == 1
+    assert re.match(f"error: {message}", stderr.strip()), stderr
+
+
+def test_a_query_whose_outputs_cannot_be_saved_fails_alone(tiny_cogview, tmp_path, capsys, monkeypatch):
+    queries = tmp_path / "input.txt"
+    long_id = "i" * 300
+    queries.write_text(f"{long_id}\t一只猫\nfull\t一只猫\nok\t一只狗\n", encoding="utf-8")
+    out = tmp_path / "samples"
+    real_save = outputs.save_image
+
+    def disk_full_for_query_full(image, path):
+        if path.parent.name.startswith(".full.incomplete-"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(image, path)
+
+    monkeypatch.setattr(outputs, "save_image", disk_full_for_query_full)
+    argv = ["--input-source", str(queries), "--output-path", str(out), "--with-id"]
+    status, stdout, stderr = run_main(capsys, cli_args(tiny_cogview, *argv))
+    assert status == 1
+    assert error_lines(stderr) == [
+        "error: line 1: id 'iiiiiiiiiiiiiiiiiiii'... is 300 bytes long: at most 200 fit in a folder name",
+        "error: line 2: cannot save its images: [Errno 28] No space left on device",
+    ]
+    assert "line 3: done in" in stdout
+    assert sorted(p.name for p in out.iterdir()) == ["ok"]  # nothing half-written from line 2
+
+
+def test_a_mask_longer_than_the_model_is_one_failed_query(tiny_cogview, tmp_path, capsys):
+    queries = tmp_path / "raw.txt"
+    queries.write_text("[ROI1] 一只猫 [MASK]*9999999999\n[ROI1] [MASK]*3\n", encoding="utf-8")
+    out = tmp_path / "raw"
+    argv = ["--generation-task", "raw", "--input-source", str(queries), "--output-path", str(out)]
+    status, _, stderr = run_main(capsys, cli_args(tiny_cogview, *argv))
+    assert status == 1
+    (error,) = error_lines(stderr)
+    assert re.fullmatch(
+        r"error: line 1: the query is at least 100000000\d\d tokens long, but the model .*", error
+    )
+    lines = (out / "raw.txt").read_text(encoding="utf-8").split("\n")
+    assert lines[0].startswith("error: the query is at least") and lines[1].startswith("[ROI1] ")
+
+
+def test_the_tiny_model_tool_runs_the_readme_commands(tmp_path, capsys):
+    assert make_tiny_cogview.main([str(tmp_path / "tiny")]) == 0
+    assert make_tiny_cogview.main([str(tmp_path / "tiny")]) == 1  # never written over
+    assert "tiny already exists and is not empty" in capsys.readouterr().err
+    queries = tmp_path / "input.txt"
+    queries.write_text("一只猫\n", encoding="utf-8")
+    argv = shlex.split((tmp_path / "tiny" / "args.txt").read_text(encoding="utf-8"))
+    argv += ["--input-source", str(queries), "--device", "cpu", "--output-path", str(tmp_path / "samples")]
+    assert run_main(capsys, [*argv, "--batch-size", "1"])[0] == 0
+    assert sorted(p.name for p in (tmp_path / "samples" / "一只猫").iterdir()) == ["0.jpg", "concat.jpg"]
 
 
 # --- the launcher scripts ------------------------------------------------------------------------

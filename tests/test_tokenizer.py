@@ -123,6 +123,21 @@ def test_parse_query_masks(real_tokenizer: UnifiedTokenizer) -> None:
     for bad in ("[MASK]*0", "[MASK]*x", "[MASK]*"):
         with pytest.raises(QueryError, match="must be a positive integer"):
             real_tokenizer.parse_query(f"[ROI1] {bad}")
+    assert real_tokenizer.parse_query("[ROI1] [MASK]*1088", max_length=1089).count(-1) == 1088
+    with pytest.raises(QueryError, match=r"the query is at least 10000000000 tokens long, but the model"):
+        real_tokenizer.parse_query("[ROI1] [MASK]*9999999999", max_length=1089)  # refused, not allocated
+    with pytest.raises(QueryError, match=r"at least 1090 tokens long, but the model takes at most 1089"):
+        real_tokenizer.parse_query("[ROI1] [MASK]*1000 [MASK]*89", max_length=1089)
+
+
+def test_readme_example_decodes_a_query_and_a_filled_sample(tiny_tokenizer: UnifiedTokenizer) -> None:
+    query = tiny_tokenizer.parse_query("[ROI1] 一只猫 [TINY] [BOI1] [MASK]*64")
+    assert tiny_tokenizer.DecodeIds(query[:-64]) == (["[ROI1]", "一只猫", "[TINY]", "[BOI1]"], [])
+    filled = query[:-64] + list(range(64))  # what filling_sequence hands back: no -1 left
+    segments, images = tiny_tokenizer.DecodeIds(filled)
+    assert segments == ["[ROI1]", "一只猫", "[TINY]", "[BOI1]"] and [image.shape for image in images] == [
+        (1, 3, 64, 64)
+    ]
 
 
 def test_parse_query_rejoins_text_between_commands(real_tokenizer: UnifiedTokenizer) -> None:
@@ -192,8 +207,10 @@ def test_decode_ids_with_images(tiny_tokenizer: UnifiedTokenizer, tiny_vqvae: vq
 def test_decode_ids_rejects_malformed_sequences(tiny_tokenizer: UnifiedTokenizer) -> None:
     with pytest.raises(ValueError, match=r"Id 50091 at position 1 is outside the vocabulary \[0, 50091\)"):
         tiny_tokenizer.DecodeIds([tiny_tokenizer["[ROI1]"], 50091])
-    with pytest.raises(ValueError, match="Id -1 at position 0"):
-        tiny_tokenizer.DecodeIds([-1])
+    with pytest.raises(ValueError, match=r"Position 1 holds -1, a position still to generate .*filling_seq"):
+        tiny_tokenizer.DecodeIds(tiny_tokenizer.parse_query("[ROI1] [MASK]"))
+    with pytest.raises(ValueError, match=r"Id -2 at position 0 is outside"):
+        tiny_tokenizer.DecodeIds([-2])
     with pytest.raises(ValueError, match="segment of 5 codes is not a square grid"):
         tiny_tokenizer.DecodeIds([1, 2, 3, 4, 5, tiny_tokenizer["[EOI1]"]])
 

@@ -1,6 +1,8 @@
 """Training the image tokenizer: a tiny model on generated shapes learns, resumes exactly, skips bad files."""
 
+import os
 import random
+import signal
 import subprocess
 import sys
 import zipfile
@@ -10,6 +12,7 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
+from common.output_folders import OutputFolderError
 from tools import train_vqvae
 from vqvae import code2img, denormalize, img2code, load_vqvae, read_img, training
 from vqvae.image_files import ImageFiles, NoImagesError
@@ -165,6 +168,67 @@ def test_setup_errors(shapes, tmp_path):
         train(tiny_config(shapes, existing, steps=1))
     with pytest.raises(TrainingSetupError, match=r"--image-size 30 is not a multiple of the .* factor 4"):
         train(tiny_config(shapes, tmp_path / "d.pt", steps=1, image_size=30))
+
+
+def test_options_and_output_are_checked_before_training(shapes, tmp_path):
+    with pytest.raises(TrainingSetupError, match=r"--steps must be at least 1, got 0"):
+        train(tiny_config(shapes, tmp_path / "zero.pt", steps=0))
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(
+        OutputFolderError,
+        match=r"the folder of --output .*a_file/model\.pt is not a folder: .*a_file is a file$",
+    ):
+        train(tiny_config(shapes, tmp_path / "a_file" / "model.pt", steps=1))
+    (tmp_path / "folder.pt").mkdir()
+    with pytest.raises(TrainingSetupError, match=r"--output .*folder\.pt is a folder"):
+        train(tiny_config(shapes, tmp_path / "folder.pt", steps=1))
+
+    saved = tmp_path / "run.pt"
+    train(tiny_config(shapes, saved, steps=2))
+    with pytest.raises(
+        TrainingSetupError,
+        match=r"Cannot resume with --channel 64: the run saved in .*run\.pt\.train-state has --channel 32 "
+        r"\(leave --channel out to keep it",
+    ):
+        train(tiny_config(shapes, saved, steps=4, resume=True, channel=64))
+    with pytest.raises(TrainingSetupError, match=r"already at step 2; pass a --steps above it"):
+        train(tiny_config(shapes, saved, steps=2, resume=True))
+    shape_left_out = {"channel": None, "embed_dim": None, "n_embed": None, "stride": None}
+    assert train(tiny_config(shapes, saved, steps=3, resume=True, **shape_left_out)).step == 3
+
+
+def test_ctrl_c_saves_the_finished_step_and_resumes_exactly(shapes, tmp_path, monkeypatch, capsys):
+    straight = tmp_path / "straight.pt"
+    train(tiny_config(shapes, straight, steps=5))
+
+    real_step = training.train_step
+
+    def interrupted_at_step_3(model, optimizer, images, config, step):
+        if step == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C in the middle of a step
+        return real_step(model, optimizer, images, config, step)
+
+    monkeypatch.setattr(training, "train_step", interrupted_at_step_3)
+    output = tmp_path / "cli.pt"
+    args = ["--images", str(shapes), "--output", str(output), "--image-size", "32", "--channel", "32"]
+    args += ["--embed-dim", "16", "--n-embed", "32", "--stride", "4", "--steps", "5", "--workers", "0"]
+    args += ["--batch-size", "16", "--lr", "3e-3", "--dead-code-threshold", "1.0"]
+    with pytest.raises(SystemExit) as exit_info:
+        train_vqvae.main(args)
+    assert exit_info.value.code == 130
+    err_lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train_vqvae:")]
+    assert err_lines == [
+        f"train_vqvae: interrupted at step 3; saved {output} (continue with the same command and --resume)"
+    ]
+    assert torch.load(train_state_path(output), weights_only=True)["step"] == 3
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+    monkeypatch.setattr(training, "train_step", real_step)
+    train(tiny_config(shapes, output, steps=5, resume=True))
+    expected, actual = torch.load(straight, weights_only=True), torch.load(output, weights_only=True)
+    for key in expected:
+        torch.testing.assert_close(actual[key], expected[key], rtol=1e-5, atol=1e-6, msg=key)
 
 
 def test_step_batch_sampler_is_a_function_of_the_step():

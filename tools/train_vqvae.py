@@ -14,7 +14,7 @@ if __package__ in (None, ""):  # run as a script: make the repository's packages
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from common.errors import InputError
-from vqvae.training import TrainConfig, train
+from vqvae.training import RELEASED_SHAPE, TrainConfig, train
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
@@ -26,10 +26,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     parser.add_argument("--images", type=Path, required=True, help="folder (searched recursively) or .zip")
     parser.add_argument("--output", type=Path, required=True, help="model file; resume state goes beside it")
     parser.add_argument("--image-size", type=int, default=defaults.image_size)
-    parser.add_argument("--channel", type=int, default=defaults.channel)
-    parser.add_argument("--embed-dim", type=int, default=defaults.embed_dim)
-    parser.add_argument("--n-embed", type=int, default=defaults.n_embed, help="codebook size")
-    parser.add_argument("--stride", type=int, default=defaults.stride, help="6: x8 down-sampling, 4: x4")
+    shape = parser.add_argument_group(
+        "model shape",
+        "default: the released architecture, or with --resume the saved run's (which must match)",
+    )
+    shape.add_argument("--channel", type=int, help=f"default {RELEASED_SHAPE['channel']}")
+    shape.add_argument("--embed-dim", type=int, help=f"default {RELEASED_SHAPE['embed_dim']}")
+    shape.add_argument("--n-embed", type=int, help=f"codebook size; default {RELEASED_SHAPE['n_embed']}")
+    shape.add_argument(
+        "--stride", type=int, help=f"6: x8 down-sampling, 4: x4; default {RELEASED_SHAPE['stride']}"
+    )
     parser.add_argument("--batch-size", type=int, default=defaults.batch_size)
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument(
@@ -52,11 +58,22 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Train as the command line says; errors and Ctrl-C end with one line (exit status 1, 130)."""
     config = parse_args(argv)
     try:
         result = train(config)
-    except InputError as error:
+    except (InputError, OSError) as error:  # bad options or files, or e.g. a full disk while saving
         sys.exit(f"train_vqvae: error: {error}")
+    except KeyboardInterrupt:
+        print("train_vqvae: interrupted; steps since the last save are lost", file=sys.stderr)
+        raise SystemExit(130) from None
+    if result.interrupted:
+        print(
+            f"train_vqvae: interrupted at step {result.step}; saved {config.output} "
+            "(continue with the same command and --resume)",
+            file=sys.stderr,
+        )
+        raise SystemExit(130)
     if result.psnr:
         print(
             f"saved {config.output} at step {result.step}: PSNR {result.psnr[-1]:.2f} dB, "

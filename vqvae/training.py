@@ -9,6 +9,9 @@ resumed from its saved state continues exactly as if it had never stopped.
 
 import math
 import os
+import signal
+import sys
+import threading
 import warnings
 from collections import deque
 from dataclasses import asdict, dataclass, field
@@ -21,6 +24,7 @@ from tqdm import tqdm
 
 from common.atomic_files import atomic_torch_save
 from common.errors import InputError
+from common.output_folders import check_writable_folder
 from vqvae.checkpoint import save_vqvae
 from vqvae.image_files import ImageFiles
 from vqvae.images import denormalize
@@ -33,17 +37,25 @@ class TrainingSetupError(InputError):
     """Inconsistent training options or files (e.g. nothing to resume, output exists, bad image size)."""
 
 
+# The released tokenizer's architecture: the shape a fresh run gets for the options it leaves out.
+RELEASED_SHAPE = {"channel": 512, "embed_dim": 256, "n_embed": 8192, "stride": 6}
+
+
 @dataclass
 class TrainConfig:
-    """Options of `train` (the flags of tools/train_vqvae.py). Model shape options are ignored on resume."""
+    """Options of `train` (the flags of tools/train_vqvae.py).
+
+    Model shape options left at None take the released architecture (`RELEASED_SHAPE`) on a fresh run and
+    the saved run's on resume; given on resume, they must match the saved run.
+    """
 
     images: Path
     output: Path
     image_size: int = 256
-    channel: int = 512
-    embed_dim: int = 256
-    n_embed: int = 8192
-    stride: int = 6
+    channel: int | None = None
+    embed_dim: int | None = None
+    n_embed: int | None = None
+    stride: int | None = None
     batch_size: int = 8
     lr: float = 3e-4
     steps: int = 10000
@@ -60,6 +72,10 @@ class TrainConfig:
     def __post_init__(self):
         self.images, self.output = Path(self.images), Path(self.output)
 
+    def shape(self) -> dict[str, int | None]:
+        """The model shape options as given (None where left out)."""
+        return {name: getattr(self, name) for name in RELEASED_SHAPE}
+
 
 @dataclass
 class TrainResult:
@@ -71,6 +87,7 @@ class TrainResult:
     usage: list[float] = field(default_factory=list)  # fraction of codes used in the last `window` steps
     restarted: int = 0  # dead-code restarts in total
     unreadable: dict[str, str] = field(default_factory=dict)  # image name → reason, for skipped images
+    interrupted: bool = False  # stopped early by Ctrl-C (after saving the last finished step)
 
 
 def train_state_path(output: str | os.PathLike) -> Path:
@@ -178,8 +195,29 @@ def _save(model: VQVAE, optimizer: torch.optim.Optimizer, step: int, config: Tra
     atomic_torch_save(state, train_state_path(config.output))
 
 
+def _check_output(output: Path) -> None:
+    """Refuse an output that cannot be written before any training is done: not at the first save."""
+    if output.is_dir():
+        raise TrainingSetupError(f"--output {output} is a folder; name the model file to write.")
+    check_writable_folder(output.parent, f"the folder of --output {output}")
+
+
+def _check_shape(config: TrainConfig, saved: dict[str, int], sidecar: Path) -> None:
+    """On resume, a model shape option that was given must be the saved run's."""
+    for name, given in config.shape().items():
+        if given is not None and given != saved[name]:
+            flag = "--" + name.replace("_", "-")
+            raise TrainingSetupError(
+                f"Cannot resume with {flag} {given}: the run saved in {sidecar} has {flag} {saved[name]} "
+                f"(leave {flag} out to keep it, or start a new run with another --output)."
+            )
+
+
 def _setup(config: TrainConfig) -> tuple[VQVAE, torch.optim.Optimizer, int]:
     """Build (or restore, with `resume`) the model and optimizer; return them and the step to start from."""
+    if config.steps < 1:
+        raise TrainingSetupError(f"--steps must be at least 1, got {config.steps}.")
+    _check_output(config.output)
     sidecar = train_state_path(config.output)
     if config.resume:
         if not sidecar.is_file():
@@ -190,6 +228,12 @@ def _setup(config: TrainConfig) -> tuple[VQVAE, torch.optim.Optimizer, int]:
             raise TrainingSetupError(f"Cannot resume: {sidecar} is truncated or corrupt.") from error
         if not isinstance(state, dict) or state.get("format") != TRAIN_STATE_FORMAT:
             raise TrainingSetupError(f"Cannot resume: {sidecar} is not a VQ-VAE training state.")
+        _check_shape(config, state["model_config"], sidecar)
+        if config.steps <= state["step"]:
+            raise TrainingSetupError(
+                f"Cannot resume: the run saved in {sidecar} is already at step {state['step']}; "
+                f"pass a --steps above it (it counts the steps done)."
+            )
         model = VQVAE(**state["model_config"])
         model.load_state_dict(state["model"])
         model.to(config.device).train()
@@ -203,17 +247,48 @@ def _setup(config: TrainConfig) -> tuple[VQVAE, torch.optim.Optimizer, int]:
             f"{config.output} already exists: pass --resume to continue it, or pick another --output."
         )
     torch.manual_seed(config.seed)
-    model = VQVAE(
-        channel=config.channel, embed_dim=config.embed_dim, n_embed=config.n_embed, stride=config.stride
-    )
+    shape = {name: RELEASED_SHAPE[name] if given is None else given for name, given in config.shape().items()}
+    model = VQVAE(**shape)
     model.to(config.device).train()
     return model, torch.optim.Adam(model.parameters(), lr=config.lr), 0
+
+
+def _ignore_interrupts(worker_id: int) -> None:
+    """Image-loading workers leave Ctrl-C to the main process, which stops at the end of a step."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _StopRequest:
+    """While active, the first Ctrl-C only asks the loop to stop after the current step (so the model and
+    optimizer are saved consistent); a second one interrupts at once. Inactive outside the main thread."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(
+            "stopping after this step to save it; Ctrl-C again to quit without saving", file=sys.stderr
+        )
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Train (or resume training) a VQ-VAE on the images of `config.images` up to `config.steps` steps.
 
-    Saves `config.output` (released format) and its resume sidecar every `save_interval` steps and at the end.
+    Saves `config.output` (released format) and its resume sidecar every `save_interval` steps and at the end,
+    and on Ctrl-C after the step under way (then returns with `interrupted` set).
     Unreadable images are skipped and counted (a warning names one of them); a batch without any readable
     image is skipped.
     """
@@ -225,12 +300,18 @@ def train(config: TrainConfig) -> TrainResult:
         )
     dataset = ImageFiles(config.images, config.image_size)
     sampler = StepBatchSampler(len(dataset), config.batch_size, config.seed, start, config.steps)
-    loader = DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=config.workers)
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        collate_fn=_collate,
+        num_workers=config.workers,
+        worker_init_fn=_ignore_interrupts,
+    )
 
     result = TrainResult(start_step=start, step=start)
     stats = _RunStats(model.n_embed, config.window, result)
     bar = tqdm(total=config.steps, initial=start, desc="vqvae", unit="step", disable=not config.progress)
-    with bar:
+    with bar, _StopRequest() as stop:
         for step, (images, failed) in enumerate(loader, start=start + 1):
             result.unreadable.update(failed)
             if len(result.unreadable) == len(dataset):
@@ -244,8 +325,11 @@ def train(config: TrainConfig) -> TrainResult:
                 bar.set_postfix(stats.record(step, loss.item(), psnr, ids, restarted), refresh=False)
             bar.update(1)
             result.step = step
-            if step % config.save_interval == 0 or step == config.steps:
+            if step % config.save_interval == 0 or step == config.steps or stop.requested:
                 _save(model, optimizer, step, config)
+            if stop.requested:
+                result.interrupted = True
+                break
     if result.unreadable:
         reason = next(iter(result.unreadable.values()))
         warnings.warn(f"Skipped {len(result.unreadable)} unreadable image(s), e.g. {reason}", stacklevel=2)

@@ -15,7 +15,7 @@ import torch
 from common.errors import InputError
 from data_utils import UnifiedTokenizer
 from data_utils.layouts import SIZE_TOKENS
-from data_utils.unified_tokenizer import QueryError, as_int_list
+from data_utils.unified_tokenizer import QueryError, QueryTooLongError, as_int_list
 from generation.filling import filling_sequence
 from generation.sampling import SamplingConfig
 from generation.scoring import score_in_batches
@@ -92,23 +92,40 @@ class TaskContext:
         """The longest query the model takes: ``max(--max-position-embeddings, ...-finetune)``."""
         return max(self.args.max_position_embeddings, self.args.max_position_embeddings_finetune)
 
+    def too_long(self, length: int, at_least: bool = False) -> QueryError:
+        """The error for a sequence of ``length`` tokens (``at_least``: a lower bound), over the limit."""
+        return QueryError(
+            f"the query is {'at least ' * at_least}{length} tokens long, but the model takes at most "
+            f"{self.max_length} (--max-position-embeddings, --max-position-embeddings-finetune); "
+            "shorten the text"
+        )
+
     def check_length(self, length: int) -> None:
         """Refuse a sequence longer than :attr:`max_length` with one clear sentence."""
         if length > self.max_length:
-            raise QueryError(
-                f"the query is {length} tokens long, but the model takes at most {self.max_length} "
-                "(--max-position-embeddings, --max-position-embeddings-finetune); shorten the text"
-            )
+            raise self.too_long(length)
 
     def parse(self, query: str, img_size: int | None = None) -> list[int]:
-        """``tokenizer.parse_query`` (images read at ``img_size``, default ``image_size``), length-checked."""
-        ids = self.tokenizer.parse_query(query, img_size=img_size or self.image_size)
+        """``tokenizer.parse_query`` (images read at ``img_size``, default ``image_size``), length-checked.
+
+        A query too long for the model is refused while it is parsed, before its ``[MASK]*N`` is allocated.
+        """
+        ids = self._parse_bounded(query, img_size or self.image_size)
         self.check_length(len(ids))
         return ids
 
     def text_ids(self, text: str) -> list[int]:
-        """The ids of a query's text field; as in the original's query strings, command names in it count."""
-        return self.tokenizer.parse_query(text)
+        """The ids of a query's text field; as in the original's query strings, command names in it count.
+
+        A ``[MASK]*N`` in it that could never fit the model is refused before it is allocated.
+        """
+        return self._parse_bounded(text, self.image_size)
+
+    def _parse_bounded(self, query: str, img_size: int) -> list[int]:
+        try:
+            return self.tokenizer.parse_query(query, img_size=img_size, max_length=self.max_length)
+        except QueryTooLongError as error:
+            raise self.too_long(error.length, at_least=True) from None
 
     def image_codes(self, path: str, img_size: int | None = None) -> list[int]:
         """The VQ-VAE codes of the image at ``path`` read at ``img_size`` (default ``image_size``) pixels."""

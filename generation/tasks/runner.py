@@ -1,21 +1,25 @@
 """The query loop: run each query through a task, save what it made, and report and count failed queries.
 
-A bad query (missing TAB fields, an unreadable image, a prompt longer than the model takes) prints one
-line naming its input line and the run goes on; the caller turns the failure count into the exit status.
+A bad query (missing TAB fields, an unreadable image, a prompt longer than the model takes) and a query
+whose outputs cannot be saved print one line naming its input line, and the run goes on; the caller turns
+the failure count into the exit status. Results lines are appended to the task's results file as each
+query finishes, so Ctrl-C (or a crash) keeps everything finished; Ctrl-C ends the loop cleanly and the
+summary says where it stopped.
 """
 
 import sys
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
 from common.errors import InputError
-from generation.inputs import Query, split_fields
-from generation.outputs import AlignedLines, ImageWriter
+from generation.inputs import Query, Slot, split_fields
+from generation.outputs import ImageWriter
+from generation.results import ResultsFile, gather_results
 from generation.tasks.base import Task, TaskContext
 
 
@@ -32,58 +36,97 @@ def _saved(paths: list[Path]) -> str:
     return str(paths[0]) if len(paths) == 1 else f"{len(paths)} images in {paths[0].parent}"
 
 
+@dataclass
+class RunSummary:
+    """How a run of queries went: counts, where an interruption stopped it, where the results are."""
+
+    done: int = 0  # queries finished, failed ones included
+    failures: int = 0
+    interrupted: bool = False  # Ctrl-C stopped the run
+    interrupted_at: str | None = None  # 'line 5' when that happened during a query
+    results_path: Path | None = None
+
+
+def as_slots(queries: Iterable[Query]) -> Iterable[Slot]:
+    """Slots of queries that come one by one (the interactive prompt): each its own line."""
+    return ((query.number, query) for query in queries)
+
+
 def run_queries(
     ctx: TaskContext,
     task: Task,
-    queries: Iterable[Query],
+    slots: Iterable[Slot],
     writer: ImageWriter | None,
+    results: ResultsFile | None,
     *,
     with_id: bool = False,
     seed: int = 0,
     total: int | None = None,
-) -> tuple[int, AlignedLines]:
-    """Run every query; returns the number that failed and the result lines (for ``task.results_file``).
+) -> RunSummary:
+    """Run the query of every slot; results lines go to ``results`` as soon as they are known.
 
-    ``writer`` saves the images (None on processes that must not write, e.g. model-parallel ranks > 0).
-    ``total`` (the number of queries, when known) shows a progress bar over the queries.
+    ``slots`` are this process's input lines in order (see :func:`generation.inputs.file_slots`); with
+    several processes every one must get the same number of slots, since the lines of each round of
+    slots are gathered and written by the process that holds ``results`` (None elsewhere). ``writer``
+    saves the images (None on processes that must not write, e.g. model-parallel ranks > 0). ``total``
+    (the number of queries, when known) shows a progress bar over the queries.
     """
-    failures, results = 0, AlignedLines()
+    summary = RunSummary()
     device = ctx.model.word_embeddings.weight.device
-    for query in tqdm(queries, total=total, disable=total is None, desc=task.name, unit="query"):
-        start = time.perf_counter()
+    bar = tqdm(total=total, disable=total is None, desc=task.name, unit="query")
+    running: Query | None = None  # the query under way, for the message if Ctrl-C stops it
+    try:
+        for slot in slots:
+            entries: list[tuple[int, str | None]] = []
+            if slot is not None:
+                number, running = slot
+                line = None
+                if running is not None:
+                    line, failed = _run_one(ctx, task, running, writer, with_id, seed, device)
+                    running = None
+                    summary.done += 1
+                    summary.failures += failed
+                    bar.update(1)
+                entries.append((number, line))
+            if task.results_file is not None:
+                for number, line in gather_results(entries):
+                    if results is not None:
+                        results.record(number, line)
+    except KeyboardInterrupt:
+        summary.interrupted = True
+        summary.interrupted_at = running.where if running is not None else None
+    finally:
+        bar.close()
+        if results is not None:
+            results.close()
+            summary.results_path = results.path
+    return summary
+
+
+def _run_one(
+    ctx: TaskContext,
+    task: Task,
+    query: Query,
+    writer: ImageWriter | None,
+    with_id: bool,
+    seed: int,
+    device: torch.device,
+) -> tuple[str, bool]:
+    """Run one query and save its images; its results line (``error: ...``) and whether it failed."""
+    start = time.perf_counter()
+    try:
+        query_id, fields = split_fields(query, task.fields, repeat_last=task.repeat_last, with_id=with_id)
+        ctx.generator = query_generator(seed, query.number, device)
+        result = task.run(ctx, fields)
         try:
-            query_id, fields = split_fields(query, task.fields, repeat_last=task.repeat_last, with_id=with_id)
-            ctx.generator = query_generator(seed, query.number, device)
-            result = task.run(ctx, fields)
-        except InputError as error:  # a bad query; anything else is a bug and ends the run
-            failures += 1
-            tqdm.write(f"error: {query.where}: {error}", file=sys.stderr)
-            results.record(query.number, f"error: {error}")
-            continue
-        paths = writer.save(result.samples, result.debug_images, fields[0], query_id) if writer else []
-        for line in result.report:
-            tqdm.write(f"{query.where}: {line}")
-        saved = f", saved {_saved(paths)}" if paths else ""
-        tqdm.write(f"{query.where}: done in {time.perf_counter() - start:.1f} s{saved}")
-        if result.line is not None:
-            results.record(query.number, result.line)
-    return failures, results
-
-
-def write_results(task: Task, results: AlignedLines, output_path: str | Path, total: int = 0) -> Path | None:
-    """Write ``task.results_file`` under ``output_path``, line n answering input line n.
-
-    With several processes every rank's lines are gathered and rank 0 writes the file. Returns its path
-    (None where nothing was written).
-    """
-    if task.results_file is None:
-        return None
-    if dist.is_initialized():
-        gathered: list[dict[int, str] | None] = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, results.lines)
-        for lines in gathered:
-            results.merge(lines or {})
-        if dist.get_rank() != 0:
-            return None
-    Path(output_path).mkdir(parents=True, exist_ok=True)
-    return results.write(Path(output_path) / task.results_file, total)
+            paths = writer.save(result.samples, result.debug_images, fields[0], query_id) if writer else []
+        except OSError as error:  # e.g. a name too long or a full disk: this query fails, the run goes on
+            raise InputError(f"cannot save its images: {error}") from error
+    except InputError as error:  # a bad query; anything else is a bug and ends the run
+        tqdm.write(f"error: {query.where}: {error}", file=sys.stderr)
+        return f"error: {error}", True
+    for line in result.report:
+        tqdm.write(f"{query.where}: {line}")
+    saved = f", saved {_saved(paths)}" if paths else ""
+    tqdm.write(f"{query.where}: done in {time.perf_counter() - start:.1f} s{saved}")
+    return (result.line if result.line is not None else ""), False
