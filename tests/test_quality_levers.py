@@ -22,11 +22,8 @@ from data_utils.unified_tokenizer import UnifiedTokenizer
 from generation import filling_sequence
 from generation.runtime import build_model
 from generation.tasks import TASKS, TaskContext
-from model import GPT2Model
-from model.checkpoint import save_checkpoint
-from model.partition import padded_vocab_size
-from tests.conftest import TINY_COGVIEW_SIZES
 from tests.test_scoring import hand_score
+from tools.make_tiny_cogview import make_tiny_cogview
 
 CAPTION = "一只猫"
 CODES = 64  # the tiny CogView's 8×8 grid
@@ -64,25 +61,10 @@ def ctx(tiny_cogview: dict) -> TaskContext:
 
 
 @pytest.fixture(scope="module")
-def caption_checkpoint(tiny_cogview: dict, ctx: TaskContext, tmp_path_factory: pytest.TempPathFactory):
-    """A second tiny CogView (other random weights), standing in for cogview-caption."""
-    torch.manual_seed(1)
-    sizes = TINY_COGVIEW_SIZES
-    model = GPT2Model(
-        num_layers=sizes["num_layers"],
-        vocab_size=padded_vocab_size(ctx.tokenizer.num_tokens, 1),
-        hidden_size=sizes["hidden_size"],
-        num_attention_heads=sizes["num_attention_heads"],
-        embedding_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-        output_dropout_prob=0.0,
-        max_sequence_length=sizes["max_position_embeddings"],
-        max_memory_length=0,
-        checkpoint_activations=False,
-    ).eval()
-    folder = tmp_path_factory.mktemp("caption") / "checkpoint"
-    save_checkpoint(model, folder, 1)
-    return folder, model
+def caption_checkpoint(ctx: TaskContext, tmp_path_factory: pytest.TempPathFactory):
+    """A second tiny CogView (other random weights), standing in for cogview-caption: (folder, model)."""
+    folder = make_tiny_cogview(tmp_path_factory.mktemp("caption") / "tiny", seed=1)["checkpoint"]
+    return folder, build_model(ctx.args, ctx.tokenizer.num_tokens, torch.device("cpu"), load=folder)
 
 
 def query(tok, caption_ids: list[int]) -> list[int]:
