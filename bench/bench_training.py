@@ -117,10 +117,9 @@ def training_args(batch_size: int, checkpointing: bool, deepspeed: bool) -> argp
 
 def prepare_training(args: argparse.Namespace) -> torch.Tensor:
     """Process group, seeds and vocabulary sizes as pretrain_gpt2.py sets them; one batch ``[b, 1089]``."""
+    from data_utils import UnifiedTokenizer
     from training.distributed import initialize_distributed, set_random_seed
     from training.engine import set_vocab_sizes
-
-    from data_utils import UnifiedTokenizer
 
     device = torch.device("cpu")
     initialize_distributed(args, device)
