@@ -155,51 +155,26 @@ def build_ours_deepspeed(batch_size: int, checkpointing: bool):
 
 
 def build_ours_torch(batch_size: int, checkpointing: bool):
-    """The same model, batch and loss with ``torch.optim.AdamW`` and gradient clipping by hand."""
-    from training.batch import get_masks_and_position_ids
+    """The same model, batch and loss (``forward_step``) with ``torch.optim.AdamW`` and clipping by hand."""
+    from model import GPT2Config
     from training.engine import get_param_groups
-    from training.loss import lm_loss
+    from training.step import forward_step
 
     args = training_args(batch_size, checkpointing, deepspeed=False)
     text = prepare_training(args)
-    model = our_model(args)
+    model = GPT2Model(GPT2Config.from_args(args, args.vocab_size, max_memory_length=0)).train()
     optimizer = torch.optim.AdamW(get_param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
-    tokens, labels = text[:, :-1].contiguous(), text[:, 1:].contiguous()
-    attention_mask, loss_mask, position_ids = get_masks_and_position_ids(tokens)
+    batches = itertools.repeat({"text": text, "loss_mask": torch.ones_like(text)})
 
     def step() -> float:
-        logits, *_ = model(tokens, position_ids, attention_mask)
-        parts = lm_loss(
-            logits,
-            labels,
-            tokens,
-            loss_mask,
-            txt_loss_scale=args.txt_loss_scale,
-            num_image_tokens=args.num_image_tokens,
-            num_tokens=args.num_tokens,
-        )
-        parts.loss.backward()
+        loss, *_ = forward_step(batches, model, args, None, [])
+        loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        return float(parts.loss.detach())
+        return float(loss.detach())
 
     return step, model
-
-
-def our_model(args: argparse.Namespace) -> GPT2Model:
-    return GPT2Model(
-        num_layers=args.num_layers,
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        embedding_dropout_prob=args.hidden_dropout,
-        attention_dropout_prob=args.attention_dropout,
-        output_dropout_prob=args.hidden_dropout,
-        max_sequence_length=args.max_position_embeddings,
-        max_memory_length=0,
-        checkpoint_activations=args.checkpoint_activations,
-    ).train()
 
 
 def build_hf(batch_size: int, checkpointing: bool):
