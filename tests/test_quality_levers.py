@@ -16,41 +16,26 @@ import torch
 
 import generate_samples
 from arguments import get_args
-from data_utils import unified_tokenizer
 from data_utils.sp_tokenizer import SentencePieceTokenizer
 from data_utils.unified_tokenizer import UnifiedTokenizer
 from generation import filling_sequence
 from generation.runtime import build_model
 from generation.tasks import TASKS, TaskContext
+from tests.helpers.tiny_cogview import tiny_cogview_argv
 from tests.test_scoring import hand_score
 from tools.make_tiny_cogview import make_tiny_cogview
 
 CAPTION = "一只猫"
 CODES = 64  # the tiny CogView's 8×8 grid
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's ops are too small to share: one thread is much faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# generate_samples installs its tokenizer process-wide: each test gets it back afterwards.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module", "fresh_tokenizer_singleton")
 
 
-@pytest.fixture(autouse=True)
-def _own_tokenizer_singleton(monkeypatch: pytest.MonkeyPatch) -> None:
-    """generate_samples installs its tokenizer process-wide; give it back after each test."""
-    monkeypatch.setattr(unified_tokenizer, "_TOKENIZER", None)
-
-
-def tiny_args(cogview: dict, *extra: str):
-    return [
-        *("--load", str(cogview["checkpoint"]), "--img-tokenizer-path", str(cogview["vqvae"])),
-        *cogview["args"],
-        *("--device", "cpu", "--batch-size", "2", "--max-inference-batch-size", "4", "--top_k", "20"),
-        *extra,
-    ]
+def tiny_args(cogview: dict, *extra: str) -> list[str]:
+    return tiny_cogview_argv(
+        cogview, "--batch-size", "2", "--max-inference-batch-size", "4", "--top_k", "20", *extra
+    )
 
 
 @pytest.fixture(scope="module")
