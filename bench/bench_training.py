@@ -154,6 +154,17 @@ def build_ours_deepspeed(batch_size: int, checkpointing: bool):
     return step, unwrap(engine)
 
 
+def optimizer_step(
+    loss: torch.Tensor, model: torch.nn.Module, optimizer: torch.optim.Optimizer, clip: float
+) -> float:
+    """A plain torch loop's update: backward, gradient clipping to norm ``clip``, the step; the loss."""
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return float(loss.detach())
+
+
 def build_ours_torch(batch_size: int, checkpointing: bool):
     """The same model, batch and loss (``forward_step``) with ``torch.optim.AdamW`` and clipping by hand."""
     from model import GPT2Config
@@ -168,11 +179,7 @@ def build_ours_torch(batch_size: int, checkpointing: bool):
 
     def step() -> float:
         loss, *_ = forward_step(batches, model, args, None, [])
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return optimizer_step(loss, model, optimizer, args.clip_grad)
 
     return step, model
 
@@ -203,11 +210,7 @@ def build_hf(batch_size: int, checkpointing: bool):
 
     def step() -> float:
         loss = model(input_ids=tokens, labels=tokens).loss
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        return float(loss.detach())
+        return optimizer_step(loss, model, optimizer, args.clip_grad)
 
     return step, model
 
