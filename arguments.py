@@ -31,6 +31,7 @@ def get_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     args.batch_size_given = _given(sys.argv[1:] if argv is None else argv, "--batch-size")
     _check_sparse(parser, args)
+    _check_quality_levers(parser, args)
     _resolve_device(parser, args)
     _resolve_distributed(parser, args)
     _resolve_precision(args)
@@ -253,6 +254,13 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument("--txt-loss-scale", type=float, default=1, help="loss weight of text positions")
     group.add_argument(
+        "--caption-dropout",
+        type=_probability,
+        default=0.0,
+        help="(added) fraction of text2image training rows shown without their caption, so that "
+        "--guidance-scale has an unconditional model; 0 = off (the original)",
+    )
+    group.add_argument(
         "--fast-load", action="store_true", help="load checkpoints without taking the shared file lock"
     )
 
@@ -310,6 +318,50 @@ def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
         help="(added) image side in pixels; the VQ-VAE's code grid follows from it (256 → 32×32 for the "
         "released model)",
     )
+    group.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=1.0,
+        help="(added) text2image classifier-free guidance: logits = uncond + S·(cond − uncond), uncond "
+        "being the query without its caption; needs a model trained with --caption-dropout; 1 = off",
+    )
+    group.add_argument(
+        "--post-select",
+        type=_positive_int,
+        default=1,
+        help="(added) text2image: draw K candidates per image and keep the one the caption model scores "
+        "best (post-selection); 1 = off",
+    )
+    group.add_argument(
+        "--post-select-load",
+        type=str,
+        default=None,
+        help="(added) the caption model scoring --post-select candidates (e.g. cogview-caption), same "
+        "architecture as --load, loaded only with K > 1; default: the --load model itself (one model "
+        "trained on both layouts)",
+    )
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer of at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _probability(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1, got {value}")
+    return value
 
 
 def _add_data_args(parser: argparse.ArgumentParser) -> None:
@@ -422,6 +474,18 @@ def _check_sparse(parser: argparse.ArgumentParser, args: argparse.Namespace) -> 
             f"--is-sparse 1 needs --max-position-embeddings minus 1 ({args.max_position_embeddings - 1}) "
             f"to be a multiple of --query-window ({args.query_window})"
         )
+
+
+def _check_quality_levers(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """--guidance-scale and --post-select are text2image options."""
+    if args.generation_task == "text2image":
+        return
+    for flag, value, off in (
+        ("--guidance-scale", args.guidance_scale, 1.0),
+        ("--post-select", args.post_select, 1),
+    ):
+        if value != off:
+            parser.error(f"{flag} applies to --generation-task text2image only")
 
 
 def _resolve_distributed(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:

@@ -37,6 +37,7 @@ from generation.sampling import SamplingConfig
 from generation.tasks import TASKS, TaskContext
 from generation.tasks.base import code_grid_side
 from generation.tasks.runner import RunSummary, as_slots, run_queries
+from model import GPT2Model
 
 INTERACTIVE = "interactive"
 INTERRUPTED = 130  # the exit status of a process stopped by Ctrl-C (128 + SIGINT)
@@ -55,6 +56,17 @@ def read_slots(args: argparse.Namespace) -> tuple[Iterable[Slot], int | None]:
     if args.world_size == 1:
         return as_slots(interactive_queries()), None
     return as_slots(shared_queries(interactive_queries() if args.rank == 0 else None)), None
+
+
+def build_caption_model(args: argparse.Namespace, num_tokens: int, device: torch.device) -> GPT2Model | None:
+    """The ``--post-select-load`` caption model, when text2image post-selection uses a second checkpoint.
+
+    None otherwise: the task then scores with the main model (trained on both layouts, or, for the
+    post-selection task, the caption model itself).
+    """
+    if args.post_select == 1 or args.post_select_load is None:
+        return None
+    return build_model(args, num_tokens, device, model_dtype(args), load=args.post_select_load)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -94,7 +106,16 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
         image_size = args.image_size
         code_grid_side(tokenizer, image_size)  # fail before the (slow) model load
         model = build_model(args, tokenizer.num_tokens, device, model_dtype(args))
-        ctx = TaskContext(model, tokenizer, args, image_size=image_size, progress=True)
+        ctx = TaskContext(
+            model,
+            tokenizer,
+            args,
+            image_size=image_size,
+            progress=True,
+            guidance_scale=args.guidance_scale,
+            post_select=args.post_select,
+            caption_model=build_caption_model(args, tokenizer.num_tokens, device),
+        )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -26,9 +26,10 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, SequentialSampl
 
 import mpu
 from common.errors import InputError
+from data_utils.caption_dropout import CaptionDropout
 from data_utils.datasets import get_dataset_by_type
 from data_utils.samplers import DistributedBatchSampler
-from data_utils.unified_tokenizer import UnifiedTokenizer
+from data_utils.unified_tokenizer import UnifiedTokenizer, tokenizer_or_default
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,9 @@ def build_loaders(
     """Train, valid and test loaders from `--train-data` (split by `--split`), `--valid-data`, `--test-data`.
 
     Batch sizes are per rank (`--batch-size`, `--eval-batch-size`, default the batch size); the loaders
-    use global batches of that × data-parallel size. `args` is only read.
+    use global batches of that × data-parallel size. With `--caption-dropout P` a fraction P of the
+    training rows of the text2image layout lose their caption (`CaptionDropout`, for classifier-free
+    guidance); validation and test rows never do. `args` is only read.
     """
     world_size = mpu.get_data_parallel_world_size() if world_size is None else world_size
     batch_size = args.batch_size * world_size
@@ -205,6 +208,10 @@ def build_loaders(
         train = make_dataset(args.dataset_type, args.train_data, split, args, tokenizer)
         if should_split(split):
             train, valid, test = train
+        if train is not None and getattr(args, "caption_dropout", 0.0) > 0:
+            train = CaptionDropout(
+                train, args.caption_dropout, args.seed, tokenizer_or_default(tokenizer, args)
+            )
     if valid is None and args.valid_data is not None:
         valid = make_dataset(args.dataset_type, args.valid_data, None, args, tokenizer)
     if test is None and args.test_data is not None:

@@ -5,6 +5,9 @@ T = text ids, n = codes per image side, ``[size]`` = the size token of an n×n g
 text2image        ``[ROI1] T [size] [BOI1] codes(n²) [EOI1]``          pretraining; generation stops after the
                                                                        codes (nothing follows them to predict)
 image2text        ``[size] [BOI1] codes(n²) [EOI1] [ROI1] T``          the caption model and post-selection
+unconditional     ``[ROI1] [size] [BOI1] codes(n²) [EOI1]``            text2image without its caption
+                                                                       (``drop_caption``): caption dropout in
+                                                                       training, classifier-free guidance
 super-resolution  ``[ROI1] T [size] [BOI1] crop [EOI1] [ROI2] [POS0] [size] [BOI2] block``
 
 In a super-resolution row ``crop`` is a window of the n×n low-resolution codes and ``block`` the matching
@@ -77,6 +80,35 @@ def text2image(
         *codes,
     ]
     return [*row, tokenizer["[EOI1]"]] if end_image else row
+
+
+def caption_span(tokenizer: CommandIds, row: Sequence[int]) -> tuple[int, int] | None:
+    """``(start, stop)`` of the caption in a text2image ``row`` (``row[start:stop]``); None for other rows.
+
+    Other rows: no leading ``[ROI1]``, no ``[BOI1]`` after the caption, or a super-resolution row (its
+    ``[ROI2]``).
+    """
+    ids = _ids(row)
+    boi1, roi2 = tokenizer["[BOI1]"], tokenizer["[ROI2]"]
+    if not ids or ids[0] != tokenizer["[ROI1]"] or boi1 not in ids[2:] or roi2 in ids:
+        return None
+    return 1, ids.index(boi1, 2) - 1  # the caption ends at the size token before [BOI1]
+
+
+def drop_caption(tokenizer: CommandIds, row: Sequence[int]) -> list[int]:
+    """The unconditional form of a text2image ``row``: its caption removed, ``[ROI1] [size] [BOI1] ...``.
+
+    Everything from the size token on (codes, ``[EOI1]``, padding or ``MASK`` placeholders) is kept as it
+    is, so the same function serves training rows (caption dropout) and generation queries
+    (classifier-free guidance). ``[ROI1]`` stays: the model still learns "an image follows", and the row
+    keeps its first token. A row that is not text2image (see :func:`caption_span`) is an InputError.
+    """
+    ids = _ids(row)
+    span = caption_span(tokenizer, ids)
+    if span is None:
+        raise InputError("Only a text2image row ([ROI1] text [size] [BOI1] ...) has a caption to drop.")
+    start, stop = span
+    return [*ids[:start], *ids[stop:]]
 
 
 def image2text(tokenizer: CommandIds, codes: Sequence[int], text_ids: Sequence[int]) -> list[int]:

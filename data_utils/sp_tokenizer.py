@@ -57,6 +57,19 @@ class SentencePieceTokenizer:
         """Text → raw SentencePiece ids."""
         return self.sp.EncodeAsIds(text)
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The parts of ``text`` this model has no piece for (encoded to ``<unk>``), in order, each once.
+
+        SentencePiece joins a run of unknown characters into one ``<unk>``, so with a word-level vocabulary
+        (the bundled demo tokenizer) these are whole words (``pink``, ``粉色``); with ``cog-pretrain``
+        they are rare characters or emoji. Costs one encode, and a second only when there is an ``<unk>``.
+        """
+        unk = self.sp.unk_id()
+        if unk not in self.sp.EncodeAsIds(text):
+            return []
+        pieces = self.sp.encode(text, return_type="proto").pieces
+        return list(dict.fromkeys(piece.surface.strip() for piece in pieces if piece.id == unk))
+
     def decode(self, ids: list[int]) -> str:
         """Raw SentencePiece ids → text."""
         return self.sp.DecodeIds([int(i) for i in ids])

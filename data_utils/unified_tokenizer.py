@@ -150,6 +150,17 @@ class UnifiedTokenizer:
         """Text → unified ids (SentencePiece ids shifted past the image codes)."""
         return [i + self.num_image_tokens for i in self.txt_tokenizer.encode(text)]
 
+    def unknown_words(self, text: str) -> list[str]:
+        """The words of ``text`` the text tokenizer does not know (see ``SentencePieceTokenizer``).
+
+        Command names and ``[MASK]``/``[Image]`` parts of a query are not words and are never listed.
+        """
+        return [
+            word
+            for word in self.txt_tokenizer.unknown_words(text)
+            if word not in self.command_tokens and not word.startswith(("[MASK]", "[Image"))
+        ]
+
     def read_img(self, path: str | os.PathLike, img_size: int = 256) -> torch.Tensor:
         """Read an image file → normalised [1, 3, img_size, img_size] on the tokenizer's device."""
         return self.img_tokenizer.read_img(path, img_size)

@@ -2,10 +2,12 @@
 # Set up a fresh clone: a .venv in the repository with the pinned dependencies, plus the real
 # text tokenizer pretrained/chinese_sentencepiece/cog-pretrain.model. Idempotent: a second run
 # that has nothing to do returns in a second or two. Quiet on success; one line on failure.
+# COGVIEW_VENV puts the environment elsewhere (the Docker image keeps it in /opt/cogview-venv, outside
+# the mounted repository); --no-tokenizer installs the dependencies only (the image build).
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
-venv="$repo/.venv"
+venv="${COGVIEW_VENV:-$repo/.venv}"
 log="$venv/setup.log"
 
 fail() { echo "setup: $*" >&2; exit 1; }
@@ -35,4 +37,4 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" >"$stamp"
 fi
 
-"$venv/bin/python" "$repo/env/fetch_text_tokenizer.py"
+[ "${1:-}" = --no-tokenizer ] || "$venv/bin/python" "$repo/env/fetch_text_tokenizer.py"

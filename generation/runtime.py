@@ -47,6 +47,11 @@ def check_weights(args: argparse.Namespace) -> None:
         read_tracker(args.load)
     except CheckpointNotFoundError as error:
         raise MissingWeightsError(f"{error}: {where}") from error
+    if args.post_select_load is not None and args.post_select > 1:
+        try:
+            read_tracker(args.post_select_load)
+        except CheckpointNotFoundError as error:
+            raise MissingWeightsError(f"--post-select-load: {error}") from error
     vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE_HINT} or pass --img-tokenizer-path FILE"
     if args.img_tokenizer_path is None:
         raise MissingWeightsError(f"no VQ-VAE given: {vqvae_where}")
@@ -118,9 +123,15 @@ def build_tokenizer(args: argparse.Namespace, device: torch.device) -> UnifiedTo
 
 
 def build_model(
-    args: argparse.Namespace, num_tokens: int, device: torch.device, dtype: torch.dtype = torch.float32
+    args: argparse.Namespace,
+    num_tokens: int,
+    device: torch.device,
+    dtype: torch.dtype = torch.float32,
+    load: str | os.PathLike | None = None,
 ) -> GPT2Model:
-    """``GPT2Model`` from the size arguments, loaded from ``--load``, in eval mode on ``device``.
+    """``GPT2Model`` from the size arguments, loaded from ``load`` (default ``--load``), eval, on ``device``.
+
+    ``load`` serves a second model of the same architecture, e.g. the ``--post-select-load`` caption model.
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
     (``model.config.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.
@@ -139,7 +150,10 @@ def build_model(
         model = GPT2Model(config)
     model = model.to(dtype)  # still on meta: the dtype the checkpoint's tensors are converted to
     load_checkpoint(
-        model, args.load, trust_checkpoint=args.trust_checkpoint, device="cpu" if args.offload else device
+        model,
+        load or args.load,
+        trust_checkpoint=args.trust_checkpoint,
+        device="cpu" if args.offload else device,
     )
     if args.offload:
         offload_layers(model, device)

@@ -81,3 +81,22 @@ def inverse_prompt_score(
         predicted = torch.arange(1, length, device=device)  # the position of each target token
         is_text = predicted[None, :] > starts[:, None]  # [b, L-1]
         return torch.where(is_text, log_probs, 0.0).sum(dim=1)
+
+
+def score_in_batches(
+    model: GPT2Model,
+    rows: Sequence[Sequence[int]],
+    tokenizer: Tokenizer,
+    batch_size: int,
+    make_vocab_size_divisible_by: int = 128,
+) -> torch.Tensor:
+    """:func:`inverse_prompt_score` of ``rows``, at most ``batch_size`` per forward → ``[len(rows)]``.
+
+    Used by the post-selection task and by text2image's ``--post-select`` (``--max-inference-batch-size``).
+    """
+    return torch.cat(
+        [
+            inverse_prompt_score(model, rows[i : i + batch_size], tokenizer, make_vocab_size_divisible_by)
+            for i in range(0, len(rows), batch_size)
+        ]
+    )

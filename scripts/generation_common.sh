@@ -1,30 +1,17 @@
 # Sourced by the generation launchers (text2image.sh, super_resolution.sh, ...): the common block of the
-# original scripts, made to run anywhere. Environment:
-#   CHECKPOINT_PATH     model folder (each launcher's default is a released model in pretrained/cogview/)
+# original scripts, made to run anywhere. Which model a launcher uses is decided in one place,
+# common/model_sources.py: --load among the arguments or CHECKPOINT_PATH, else the released weights in
+# pretrained/cogview/ and pretrained/vqvae/, else the bundled demo models (pretrained/demo/models.args),
+# saying in one line which it uses; with none of them it stops with one line saying where the released
+# weights go. Environment:
+#   CHECKPOINT_PATH     model folder (used with the released model's architecture)
 #   IMG_TOKENIZER_PATH  VQ-VAE file (default pretrained/vqvae/vqvae_hard_biggerset_011.pt)
-#   DEVICE              cpu, cuda, cuda:N or a GPU index (default: cuda when a GPU is usable, else cpu)
-#   PRECISION           fp16, bf16 or fp32 (default: fp16 on a GPU as the original, fp32 on the CPU,
-#                       where half precision is very slow)
+#   PRETRAINED_DIR      where the released and bundled models are looked for (default pretrained/)
+#   DEVICE, PRECISION   see common.sh
 # Arguments given to the launcher go last, so they override the defaults here (e.g. --batch-size 8,
 # --input-source my_queries.txt). Relative paths (input files, output folders) are relative to the
 # current directory, as in the original.
-set -euo pipefail
-repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-"$repo/env/setup.sh"
-python="$repo/.venv/bin/python"
-IMG_TOKENIZER_PATH="${IMG_TOKENIZER_PATH:-$repo/pretrained/vqvae/vqvae_hard_biggerset_011.pt}"
-if [ -z "${DEVICE:-}" ]; then
-  DEVICE="$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
-fi
-if [ "$DEVICE" = cpu ]; then
-  PRECISION="${PRECISION:-fp32}"
-fi
-case "${PRECISION:-fp16}" in
-  fp16) precision=(--fp16) ;;
-  bf16) precision=(--bf16) ;;
-  fp32) precision=() ;;
-  *) echo "PRECISION=$PRECISION is not one of fp16, bf16, fp32" >&2; exit 2 ;;
-esac
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 
 # The released models' architecture (all three share it) and the device arguments.
 released_model=(
@@ -33,15 +20,18 @@ released_model=(
 )
 device_args=(--device "$DEVICE" "${precision[@]}")
 
-# generate CHECKPOINT TEMPERATURE MAXSEQLEN ARGS...: run generate_samples.py with the released model's
-# arguments (reference §9.8), then ARGS. A missing checkpoint or VQ-VAE stops it with one line saying
-# where the released weights go.
+# generate ROLE TEMPERATURE MAXSEQLEN ARGS...: run generate_samples.py with the released model's
+# arguments, then the chosen model's (ROLE: text2image, caption or super-resolution; a
+# bundled model brings its own architecture), then ARGS.
 generate() {
-  local checkpoint="$1" temperature="$2" max_seq_len="$3"
+  local role="$1" temperature="$2" max_seq_len="$3" chosen
   shift 3
+  chosen="$(PYTHONPATH="$repo" "$python" -m common.model_sources "$role" "$@")" || exit 2
+  local model=()
+  mapfile -t model <<<"$chosen"
+  model=("${model[@]:1}")  # after the source: the model's arguments
   exec "$python" "$repo/generate_samples.py" "${released_model[@]}" \
-    --max-position-embeddings-finetune "$max_seq_len" \
-    --load "$checkpoint" --img-tokenizer-path "$IMG_TOKENIZER_PATH" "${device_args[@]}" \
+    --max-position-embeddings-finetune "$max_seq_len" "${device_args[@]}" \
     --temperature "$temperature" --top_k 200 --top_p 0 \
-    "$@"
+    "${model[@]}" "$@"
 }

@@ -32,14 +32,8 @@ from preprocess.sources import read_captions
 from tests.helpers.demo_source import write_fake_animal_mnist
 from tools import eval_demo
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is fastest and immune to other processes on the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The models here are tiny: one thread is fastest and immune to other processes on the 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 @pytest.fixture(scope="module")

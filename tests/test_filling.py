@@ -215,3 +215,65 @@ def test_bad_batch_sizes_are_rejected(model, tok):
         filling_sequence(
             model, [1, -1], sampling_args(batch_size=2, max_inference_batch_size=0), tokenizer=tok
         )
+
+
+def guided_reference(model, tok, seq: list[int], unconditional: list[int], scale: float):
+    """Guided greedy decoding from full forwards of both sequences: (tokens, masked logits of each step)."""
+    context = next(i for i, t in enumerate(seq) if t < 0)
+    shift = context - next(i for i, t in enumerate(unconditional) if t < 0)
+    tokens, steps = list(seq), []
+    vocab = model.word_embeddings.weight.size(0)
+    with torch.no_grad():
+        for i in range(context, len(seq)):
+            if seq[i] >= 0:
+                continue
+            other = unconditional[: context - shift] + tokens[context:i]
+            conditional = model(torch.tensor([tokens[:i]]), torch.arange(i)[None], 0)[0][0, -1]
+            free = model(torch.tensor([other]), torch.arange(len(other))[None], 0)[0][0, -1]
+            allowed = allowed_ids(tok, [t for t in seq[:i] if t >= 0], vocab)
+            guided = (free + scale * (conditional - free)).masked_fill(~allowed, -float("inf"))
+            steps.append(guided[allowed])
+            tokens[i] = int(guided.argmax())
+    return tokens, steps
+
+
+def test_guidance_samples_from_the_guided_logits_of_two_separate_forwards(model, tok, monkeypatch):
+    # image codes, then given tokens after generated ones, then text: every step of the cached, chunked
+    # path sees unconditional + S·(conditional − unconditional) of full forwards over the two sequences
+    seq = [tok["[ROI1]"], *text(tok, "一只老虎"), tok["[TINY]"], tok["[BOI1]"], *[-1] * 6]
+    seq += [tok["[EOI1]"], tok["[ROI1]"], -1, -1]
+    unconditional = [tok["[ROI1]"], tok["[TINY]"], tok["[BOI1]"], *seq[len(text(tok, "一只老虎")) + 3 :]]
+    expected, reference_steps = guided_reference(model, tok, seq, unconditional, 3.0)
+    seen = []
+
+    def greedy(logits, *_args):
+        seen.append(logits[0, torch.isfinite(logits[0])].clone())
+        return logits.argmax(dim=-1), None
+
+    monkeypatch.setattr("generation.filling.sample", greedy)
+    args = sampling_args(batch_size=3, max_inference_batch_size=2)
+    out = filling_sequence(model, seq, args, tokenizer=tok, guidance_scale=3.0)  # the default: drop_caption
+    assert out.tolist() == [expected] * 3
+    assert len(seen) == 2 * len(reference_steps)  # two chunks
+    for step, reference in zip(seen, reference_steps * 2, strict=True):
+        torch.testing.assert_close(step, reference, rtol=0, atol=1e-4)
+    unguided = filling_sequence(model, seq, sampling_args(), tokenizer=tok)
+    assert unguided.tolist() != [expected]  # the scale changed what was drawn
+
+
+def test_guidance_scale_1_is_the_unguided_output_bit_for_bit(model, tok):
+    seq = [tok["[ROI1]"], *text(tok, "猫"), tok["[TINY]"], tok["[BOI1]"], *[-1] * 8]
+    args = sampling_args(batch_size=3, max_inference_batch_size=2, top_k=20)
+    plain = filling_sequence(model, seq, args, tokenizer=tok, generator=torch.Generator().manual_seed(3))
+    at_one = filling_sequence(
+        model, seq, args, tokenizer=tok, generator=torch.Generator().manual_seed(3), guidance_scale=1.0
+    )
+    assert torch.equal(plain, at_one)
+
+
+def test_an_unconditional_sequence_with_another_tail_is_refused(model, tok):
+    seq = [tok["[ROI1]"], *text(tok, "猫"), tok["[TINY]"], tok["[BOI1]"], -1, -1]
+    with pytest.raises(ValueError, match="same tokens to generate"):
+        filling_sequence(
+            model, seq, sampling_args(), tokenizer=tok, guidance_scale=2.0, unconditional=[tok["[ROI1]"], -1]
+        )

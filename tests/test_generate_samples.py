@@ -24,7 +24,6 @@ from torchvision.utils import make_grid
 import generate_samples
 import vqvae
 from arguments import get_args
-from data_utils import unified_tokenizer
 from data_utils.unified_tokenizer import QueryError, UnifiedTokenizer
 from generation import outputs
 from generation.inputs import PROMPT, Query, file_slots, interactive_queries, read_query_file, split_fields
@@ -34,6 +33,7 @@ from generation.runtime import build_model
 from generation.scoring import inverse_prompt_score
 from generation.tasks import TASKS, TaskContext
 from tests.helpers.distributed import run_distributed
+from tests.helpers.tiny_cogview import tiny_cogview_argv
 from tests.test_scoring import hand_score as scoring_hand_score
 from tools import make_tiny_cogview
 
@@ -42,20 +42,8 @@ BATCH = 2
 SEED = 7
 DEBUG_STAMP = re.compile(r"-\d{2}-\d{2}-\d{2}-\d{2}-\d{2}(-\d+)?\.jpg$")
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's ops are too small to share: one thread is up to 20× faster on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(autouse=True)
-def _own_tokenizer_singleton(monkeypatch: pytest.MonkeyPatch) -> None:
-    """generate_samples installs its tokenizer process-wide; give it back after each test."""
-    monkeypatch.setattr(unified_tokenizer, "_TOKENIZER", None)
+# generate_samples installs its tokenizer process-wide: each test gets it back afterwards.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module", "fresh_tokenizer_singleton")
 
 
 @pytest.fixture(scope="module")
@@ -71,22 +59,9 @@ def images(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def cli_args(cogview: dict, *extra: str) -> list[str]:
     """Arguments of a run on the tiny model (CPU, batch 2 in forwards of 1, fixed seed)."""
-    return [
-        "--load",
-        str(cogview["checkpoint"]),
-        "--img-tokenizer-path",
-        str(cogview["vqvae"]),
-        *cogview["args"],
-        "--device",
-        "cpu",
-        "--batch-size",
-        str(BATCH),
-        "--max-inference-batch-size",
-        "1",
-        "--seed",
-        str(SEED),
-        *extra,
-    ]
+    return tiny_cogview_argv(
+        cogview, "--batch-size", str(BATCH), "--max-inference-batch-size", "1", "--seed", str(SEED), *extra
+    )
 
 
 @pytest.fixture(scope="module")
@@ -796,9 +771,8 @@ def test_text2image_script_runs_on_the_cpu_with_overrides(tiny_cogview, tmp_path
     ],
 )
 def test_scripts_without_released_weights_say_where_they_go(tmp_path, script, where):
-    if (REPO_ROOT / "pretrained" / "cogview" / where).exists():
-        pytest.skip(f"the released {where} weights are installed")
-    done = run_script(script, tmp_path, {"DEVICE": "cpu"})
+    pretrained = tmp_path / "pretrained"  # neither released nor bundled models (PRETRAINED_DIR)
+    done = run_script(script, tmp_path, {"DEVICE": "cpu", "PRETRAINED_DIR": str(pretrained)})
     assert done.returncode == 2
-    assert f"pretrained/cogview/{where} does not exist: put the released CogView weights" in done.stderr
+    assert f"{pretrained}/cogview/{where} does not exist: put the released CogView weights" in done.stderr
     assert "Traceback" not in done.stderr

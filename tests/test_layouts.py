@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-import generation.tasks.post_selection
+import generation.scoring
+from common.errors import InputError
 from data_utils import layouts
 from data_utils.datasets import load_row, open_lmdb
 from data_utils.layouts import MASK
@@ -33,7 +34,8 @@ class RecordingContext(TaskContext):
     truth: list[int] = field(default_factory=list)
     seen: list[list[int]] = field(default_factory=list)
 
-    def fill(self, ids):
+    def fill(self, ids, batch_size=None, unconditional=None):
+        assert batch_size is None and unconditional is None  # the quality levers are off here
         self.check_length(len(ids))
         self.seen.append(list(ids))
         return torch.tensor([[t if i == MASK else i for i, t in zip(ids, self.truth, strict=True)]])
@@ -101,7 +103,7 @@ def test_image2text_query_and_post_selection_rows_are_the_training_row(
 
     scored = []
     monkeypatch.setattr(
-        generation.tasks.post_selection,
+        generation.scoring,
         "inverse_prompt_score",
         lambda model, rows, tokenizer, multiple: scored.extend(rows) or torch.zeros(len(rows)),
     )
@@ -136,3 +138,32 @@ def test_super_resolution_windows_are_the_training_rows(
         assert len(seq) <= len(row) and MASK not in seq[: len(row) - side * side]  # masks: hi-res block only
         generated += len(seq) - len(given)
     assert generated == (2 * side) ** 2  # every hi-res code exactly once
+
+
+def test_drop_caption_keeps_roi1_and_everything_from_the_size_token(real_tokenizer):
+    tok = real_tokenizer
+    caption = tok.EncodeAsIds("一只可爱的猫")
+    codes = list(range(64))
+    row = layouts.text2image(tok, caption, codes)
+    assert layouts.drop_caption(tok, row) == [
+        tok["[ROI1]"],
+        tok["[TINY]"],
+        tok["[BOI1]"],
+        *codes,
+        tok["[EOI1]"],
+    ]
+    query = layouts.text2image(tok, caption, [MASK] * 64, end_image=False)
+    assert layouts.drop_caption(tok, query) == [tok["[ROI1]"], tok["[TINY]"], tok["[BOI1]"], *[MASK] * 64]
+    assert layouts.drop_caption(tok, layouts.drop_caption(tok, row)) == layouts.drop_caption(tok, row)
+
+
+def test_drop_caption_refuses_rows_without_a_text2image_caption(real_tokenizer):
+    tok = real_tokenizer
+    caption, codes = tok.EncodeAsIds("猫"), list(range(64))
+    rows = [
+        layouts.image2text(tok, codes, caption),
+        *layouts.super_resolution_rows(tok, caption, codes, range(256)),
+    ]
+    for row in rows[:2]:
+        with pytest.raises(InputError, match="Only a text2image row"):
+            layouts.drop_caption(tok, row)

@@ -44,13 +44,8 @@ def shapes(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The models here are tiny: one thread is fastest and immune to other processes on the 2 cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# The models here are tiny: one thread is fastest and immune to other processes on the 2 cores.
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def tiny_config(images: Path, output: Path, **overrides) -> TrainConfig:

@@ -21,6 +21,7 @@ from PIL import Image
 from arguments import get_args
 from data_utils import UnifiedTokenizer, unified_tokenizer
 from generation.tasks import TASKS, TaskContext
+from tests.helpers.tiny_cogview import tiny_cogview_argv
 from web.app import create_app
 from web.jobs import Cancelled, Job, JobQueue
 from web.server import load_backend, web_parser
@@ -29,30 +30,11 @@ from web.uploads import Limits
 SEED = 11
 TOP_K = 20
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tiny model's ops are too small to share between threads."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
 
 def model_argv(cogview: dict) -> list[str]:
-    return [
-        "--load",
-        str(cogview["checkpoint"]),
-        "--img-tokenizer-path",
-        str(cogview["vqvae"]),
-        *cogview["args"],
-        "--device",
-        "cpu",
-        "--max-inference-batch-size",
-        "1",
-        "--top_k",
-        str(TOP_K),
-    ]
+    return tiny_cogview_argv(cogview, "--max-inference-batch-size", "1", "--top_k", str(TOP_K))
 
 
 @pytest.fixture(scope="module")

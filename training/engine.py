@@ -15,7 +15,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 import mpu
 from learning_rates import AnnealingLR
-from model import GPT2Model, gpt2_get_params_for_weight_decay_optimization
+from model import GPT2Config, GPT2Model, gpt2_get_params_for_weight_decay_optimization
 from model.partition import padded_vocab_size
 from training import ds_config
 from training.errors import TrainingSetupError
@@ -36,24 +36,8 @@ def get_model(args: argparse.Namespace) -> nn.Module:
     The memory length is 0: with the original's default of 2048 a training batch attended to the
     previous batch's hidden states, which both released training scripts avoided by passing 0.
     """
-    model = GPT2Model(
-        num_layers=args.num_layers,
-        vocab_size=args.vocab_size,
-        hidden_size=args.hidden_size,
-        num_attention_heads=args.num_attention_heads,
-        embedding_dropout_prob=args.hidden_dropout,
-        attention_dropout_prob=args.attention_dropout,
-        output_dropout_prob=args.hidden_dropout,
-        max_sequence_length=args.max_position_embeddings,
-        max_memory_length=0,
-        checkpoint_activations=args.checkpoint_activations,
-        checkpoint_num_layers=args.checkpoint_num_layers,
-        parallel_output=True,
-        query_window=args.query_window,
-        key_window_times=args.key_window_times,
-        num_pivot=args.num_pivot,
-        pb_relax_attention=args.pb_relax_attention,
-    ).to(torch.device(args.device))
+    config = GPT2Config.from_args(args, args.vocab_size, max_memory_length=0)
+    model = GPT2Model(config).to(torch.device(args.device))
     if mpu.get_data_parallel_rank() == 0:
         count = sum(p.nelement() for p in model.parameters())
         print(

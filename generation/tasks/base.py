@@ -8,7 +8,7 @@ for the released one; a ×32 VQ-VAE gives 8×8 = 64 codes and ``[TINY]``), and t
 
 import argparse
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -18,6 +18,7 @@ from data_utils.layouts import SIZE_TOKENS
 from data_utils.unified_tokenizer import QueryError, QueryTooLongError, as_int_list
 from generation.filling import filling_sequence
 from generation.sampling import SamplingConfig
+from generation.scoring import score_in_batches
 from model import GPT2Model
 
 DEFAULT_IMAGE_SIZE = 256
@@ -59,7 +60,10 @@ class TaskContext:
     """The model, tokenizer and arguments a query runs with, and the helpers every task uses.
 
     ``args`` supplies the sampling settings, read once into :attr:`sampling`, and the length limits.
-    ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens.
+    ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens. The quality
+    levers of text2image: ``guidance_scale`` (classifier-free guidance, 1 = off), ``post_select``
+    (candidates drawn per image, 1 = off) and ``caption_model``, the image → text model that scores them
+    and post-selection's images (None: ``model``, trained on both layouts).
     """
 
     model: GPT2Model
@@ -68,6 +72,9 @@ class TaskContext:
     image_size: int = DEFAULT_IMAGE_SIZE
     generator: torch.Generator | None = None
     progress: bool = False
+    guidance_scale: float = 1.0
+    post_select: int = 1
+    caption_model: GPT2Model | None = None
     grid_side: int = field(init=False)
     sampling: SamplingConfig = field(init=False)
 
@@ -125,20 +132,48 @@ class TaskContext:
         image = self.tokenizer.read_img(path, img_size or self.image_size)
         return as_int_list(self.tokenizer(image)[0])
 
-    def fill(self, ids: Sequence[int]) -> torch.Tensor:
-        """``args.batch_size`` samples completing the −1 positions of ``ids`` → ``[b, len(ids)]``.
+    def fill(
+        self, ids: Sequence[int], batch_size: int | None = None, unconditional: Sequence[int] | None = None
+    ) -> torch.Tensor:
+        """``batch_size`` (default ``--batch-size``) samples completing the −1 positions of ``ids``.
 
-        A sequence longer than the model takes is refused first (:meth:`check_length`).
+        Returns ``[b, len(ids)]``. With ``unconditional`` (the same query without its caption) the samples
+        follow classifier-free guidance at ``guidance_scale``. A sequence longer than the model takes is
+        refused first (:meth:`check_length`).
         """
         self.check_length(len(ids))
+        sampling = self.sampling if batch_size is None else replace(self.sampling, batch_size=batch_size)
         return filling_sequence(
             self.model,
             ids,
-            self.sampling,
+            sampling,
             tokenizer=self.tokenizer,
             generator=self.generator,
             progress=self.progress,
+            guidance_scale=self.guidance_scale if unconditional is not None else 1.0,
+            unconditional=unconditional,
         )
+
+    def score(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
+        """Post-selection scores ``[len(rows)]`` of image2text ``rows``, by the caption model."""
+        return score_in_batches(
+            self.caption_model or self.model,
+            rows,
+            self.tokenizer,
+            self.sampling.max_inference_batch_size,
+            self.args.make_vocab_size_divisible_by,
+        )
+
+    def unknown_words_notice(self, text: str) -> list[str]:
+        """One line naming the words of ``text`` the text tokenizer does not know; empty when there are none.
+
+        Such words become ``<unk>``: the query still runs, but the model cannot draw what they name.
+        """
+        words = self.tokenizer.unknown_words(text)
+        if not words:
+            return []
+        quoted = ", ".join(f"'{word}'" for word in words)
+        return [f"notice: the model does not know {quoted} (read as <unk>); the rest of the prompt is used"]
 
     def decode(self, samples: torch.Tensor) -> list[Decoded]:
         """``tokenizer.DecodeIds`` of each sample ``[b, L]``: its text and command segments and its images."""

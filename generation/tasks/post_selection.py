@@ -7,12 +7,9 @@ images, go to ``scores.txt``, line n for input line n. A line with an unreadable
 line there; the original skipped the image silently, shifting the scores of the others.
 """
 
-import torch
-
 from data_utils import layouts
 from data_utils.layouts import MASK
 from data_utils.unified_tokenizer import QueryError
-from generation.scoring import inverse_prompt_score
 from generation.tasks.base import QueryResult, Task, TaskContext
 
 
@@ -24,12 +21,7 @@ def post_selection(ctx: TaskContext, fields: list[str]) -> QueryResult:
         raise QueryError("a post-selection text cannot contain [MASK]: there is nothing to generate")
     rows = [layouts.image2text(ctx.tokenizer, ctx.image_codes(path), text_ids) for path in paths]
     ctx.check_length(len(rows[0]))
-    step = ctx.sampling.max_inference_batch_size
-    batches = [rows[i : i + step] for i in range(0, len(rows), step)]
-    multiple = ctx.args.make_vocab_size_divisible_by
-    scores = torch.cat(
-        [inverse_prompt_score(ctx.model, batch, ctx.tokenizer, multiple) for batch in batches]
-    ).tolist()
+    scores = ctx.score(rows).tolist()
     return QueryResult(
         line="\t".join(f"{score:.4f}" for score in scores),
         report=[f"{path}: {score:.4f}" for path, score in zip(paths, scores, strict=True)],

@@ -7,10 +7,10 @@ import numpy as np
 
 from data_utils import write_lmdb
 from data_utils.unified_tokenizer import UnifiedTokenizer
-from tests.conftest import TINY_COGVIEW_SIZES
+from tools.make_tiny_cogview import TINY_IMAGE_CODES, TINY_SIZES
 
-IMAGE_TOKENS = 64  # the tiny_cogview VQ-VAE's codebook, so trained checkpoints generate with it
-SEQUENCE = TINY_COGVIEW_SIZES["max_position_embeddings"]
+IMAGE_TOKENS = TINY_IMAGE_CODES  # the tiny_cogview VQ-VAE codebook: trained checkpoints generate with it
+SEQUENCE = TINY_SIZES["max_position_embeddings"]
 
 
 def write_dataset(path: Path, num_image_tokens: int = IMAGE_TOKENS, count: int = 48, seed: int = 0) -> Path:
@@ -36,7 +36,7 @@ def write_dataset(path: Path, num_image_tokens: int = IMAGE_TOKENS, count: int =
 
 def train_argv(data: Path, *extra: str, num_image_tokens: int = IMAGE_TOKENS) -> list[str]:
     """A CPU run of the tiny model on `data`: one loss line per iteration, no loader workers."""
-    sizes = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_COGVIEW_SIZES.items()]
+    sizes = [f"--{key.replace('_', '-')}={value}" for key, value in TINY_SIZES.items()]
     return [
         "--train-data", str(data),
         "--img-tokenizer-num-tokens", str(num_image_tokens),

@@ -1,0 +1,155 @@
+"""Which model a launcher uses: given, released, bundled (pretrained/demo/models.args), else the hint.
+
+Each case builds its own ``pretrained`` folder in a temporary directory (the ``PRETRAINED_DIR`` of the
+launchers); nothing is read from the repository's own ``pretrained/``.
+"""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from common.model_sources import ManifestError, choose_model, read_manifest
+from tests.test_generate_samples import run_script
+
+
+def checkpoint(folder: Path) -> Path:
+    """A folder that looks like a checkpoint (its tracker), enough for choosing; nothing loads it here."""
+    folder.mkdir(parents=True)
+    (folder / "latest_checkpointed_iteration.txt").write_text("1\n")
+    return folder
+
+
+def released(pretrained: Path, *folders: str) -> None:
+    for name in folders:
+        checkpoint(pretrained / "cogview" / name)
+    (pretrained / "vqvae").mkdir(parents=True)
+    (pretrained / "vqvae" / "vqvae_hard_biggerset_011.pt").write_bytes(b"")
+
+
+def bundled(pretrained: Path, text: str, folders: tuple[str, ...] = ("t2i", "caption")) -> Path:
+    demo = pretrained / "demo"
+    for name in folders:
+        checkpoint(demo / name)
+    (demo / "vqvae.pt").write_bytes(b"")
+    (demo / "models.args").write_text(text, encoding="utf-8")
+    return demo
+
+
+MANIFEST = """\
+# the bundled demo models
+common: --num-layers 2 --hidden-size=32 --img-tokenizer-path vqvae.pt
+text2image: --load t2i --post-select-load caption  # one model per layout
+caption: --load=caption
+"""
+
+
+def test_released_weights_come_first(tmp_path):
+    released(tmp_path, "cogview-base", "cogview-caption")
+    bundled(tmp_path, MANIFEST)
+    choice = choose_model("text2image", [], tmp_path)
+    vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")
+    assert choice.arguments == [
+        *("--load", str(tmp_path / "cogview" / "cogview-base"), "--img-tokenizer-path", vqvae),
+        *("--post-select-load", str(tmp_path / "cogview" / "cogview-caption")),  # the original's two models
+    ]
+    assert choice.notice == f"using the released CogView weights in {tmp_path / 'cogview' / 'cogview-base'}"
+    assert choice.source == "released"
+    web = choose_model("web", [], tmp_path)
+    assert web.arguments[4:] == ["--load-caption", str(tmp_path / "cogview" / "cogview-caption")]  # no SR
+
+
+def test_bundled_models_are_read_from_the_manifest_with_paths_beside_it(tmp_path):
+    released(tmp_path, "cogview-caption")  # no cogview-base: text2image uses the bundled model
+    demo = bundled(tmp_path, MANIFEST)
+    common = ["--num-layers", "2", "--hidden-size=32", "--img-tokenizer-path", str(demo / "vqvae.pt")]
+    choice = choose_model("text2image", ["--batch-size", "8"], tmp_path)
+    assert choice.source == "bundled"
+    assert choice.arguments == [
+        *common,
+        "--load",
+        str(demo / "t2i"),
+        "--post-select-load",
+        str(demo / "caption"),
+    ]
+    assert choice.notice == (
+        f"the released weights are not in {tmp_path / 'cogview'}; using the bundled demo models "
+        f"({demo / 'models.args'})"
+    )
+    assert choose_model("caption", [], tmp_path).arguments[0:2] == [
+        "--load",
+        str(tmp_path / "cogview" / "cogview-caption"),
+    ]
+    web = choose_model("web", [], tmp_path)
+    assert web.arguments == [*choice.arguments, "--load-caption", str(demo / "caption")]
+
+
+def test_given_models_win_and_nothing_is_said(tmp_path):
+    bundled(tmp_path, MANIFEST)
+    vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")
+    assert choose_model("text2image", ["--load=mine"], tmp_path).arguments == ["--img-tokenizer-path", vqvae]
+    given = choose_model("caption", [], tmp_path, checkpoint="ckpt", vqvae="v.pt")
+    assert (given.source, given.arguments, given.notice) == (
+        "given",
+        ["--load", "ckpt", "--img-tokenizer-path", "v.pt"],
+        None,
+    )
+
+
+def test_without_any_model_the_released_paths_are_passed_on(tmp_path):
+    bundled(tmp_path, MANIFEST, folders=("caption",))  # the manifest's t2i folder is missing
+    choice = choose_model("text2image", [], tmp_path)
+    vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")
+    assert choice.arguments == [
+        "--load",
+        str(tmp_path / "cogview" / "cogview-base"),
+        "--img-tokenizer-path",
+        vqvae,
+    ]
+    assert (choice.source, choice.notice) == ("missing", None)
+    assert choose_model("super-resolution", [], tmp_path).arguments[1] == str(
+        tmp_path / "cogview" / "cogview-sr"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("text2image --load t2i\n", "line 1: expected 'ROLE: arguments'"),
+        ("# ok\nsr: --load x\n", "line 2: expected 'ROLE: arguments' with ROLE one of common, text2image"),
+        ("caption: --load 'x\n", "line 1: No closing quotation"),
+    ],
+)
+def test_a_bad_manifest_line_is_named(tmp_path, text, message):
+    path = tmp_path / "models.args"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ManifestError, match=f"^{path}, {message}"):
+        read_manifest(path)
+
+
+@pytest.mark.slow
+def test_text2image_script_uses_the_bundled_models_and_says_so(tiny_cogview, tmp_path):
+    pretrained = tmp_path / "pretrained"
+    (pretrained / "demo").mkdir(parents=True)
+    shutil.copytree(tiny_cogview["checkpoint"], pretrained / "demo" / "text2image")
+    shutil.copy(tiny_cogview["vqvae"], pretrained / "demo" / "vqvae.pt")
+    (pretrained / "demo" / "models.args").write_text(
+        f"common: {' '.join(tiny_cogview['args'])} --img-tokenizer-path vqvae.pt\n"
+        "text2image: --load text2image\n",
+        encoding="utf-8",
+    )
+    (tmp_path / "input.txt").write_text("一只猫\n", encoding="utf-8")
+    done = run_script(
+        "text2image.sh", tmp_path, {"DEVICE": "cpu", "PRETRAINED_DIR": str(pretrained)}, "--batch-size", "2"
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    notices = [line for line in done.stderr.splitlines() if line.startswith("text2image model:")]
+    assert notices == [
+        f"text2image model: the released weights are not in {pretrained / 'cogview'}; using the bundled demo "
+        f"models ({pretrained / 'demo' / 'models.args'})"
+    ]
+    assert sorted(p.name for p in (tmp_path / "samples_text2image" / "一只猫").iterdir()) == [
+        "0.jpg",
+        "1.jpg",
+        "concat.jpg",
+    ]
