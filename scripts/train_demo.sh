@@ -61,13 +61,20 @@ stage "text tokenizer → $text_model"
 
 vqvae_model="$work/tokenizers/vqvae_demo.pt"
 stage "image tokenizer (${image_size} px → ${grid}×${grid} codes) → $vqvae_model"
+vq_steps="${DEMO_VQ_STEPS:-1600}"
+# A run killed after its last save but before it was marked done is finished: its state is at the last step.
+if [ ! -f "$vqvae_model.done" ] && [ -f "$vqvae_model.train-state" ] && "$python" -c 'import sys, torch
+sys.exit(torch.load(sys.argv[1], map_location="cpu", weights_only=True)["step"] < int(sys.argv[2]))' \
+  "$vqvae_model.train-state" "$vq_steps" 2>/dev/null; then
+  touch "$vqvae_model.done"
+fi
 if [ ! -f "$vqvae_model.done" ]; then  # marks a finished training (the model file is saved along the way)
   resume=()
   [ -f "$vqvae_model.train-state" ] && resume=(--resume)  # continues an interrupted run
   "$python" tools/train_vqvae.py --images "$work/train/images" --output "$vqvae_model" "${resume[@]}" \
     --image-size "$image_size" --stride "$stride" --channel "${DEMO_VQ_CHANNEL:-128}" \
     --embed-dim "${DEMO_VQ_EMBED_DIM:-32}" --n-embed "${DEMO_VQ_CODES:-512}" \
-    --batch-size "${DEMO_VQ_BATCH:-64}" --lr "${DEMO_VQ_LR:-1e-3}" --steps "${DEMO_VQ_STEPS:-1600}" \
+    --batch-size "${DEMO_VQ_BATCH:-64}" --lr "${DEMO_VQ_LR:-1e-3}" --steps "$vq_steps" \
     --save-interval "${DEMO_VQ_SAVE_INTERVAL:-100}" --workers 0
   touch "$vqvae_model.done"
 fi
