@@ -25,12 +25,10 @@ import generate_samples
 import mpu
 from arguments import get_args
 from data_utils import unified_tokenizer
-from model import GPT2Model
 from model.checkpoint import read_shard, read_tracker, reshard_checkpoint, save_checkpoint
-from model.partition import padded_vocab_size
 from tests.helpers.distributed import run_distributed
 from tests.helpers.training import logged, run_folder, train_argv, write_dataset, write_ds_config
-from tools.make_tiny_cogview import TINY_SIZES
+from tools.make_tiny_cogview import tiny_gpt
 
 NO_DROPOUT = ("--hidden-dropout", "0", "--attention-dropout", "0")
 MP_IMAGE_TOKENS = 173  # 50200 tokens: 50304 rows at model-parallel size 1, 50432 at size 2
@@ -205,19 +203,7 @@ def test_data_parallel_zero_resume_on_other_sizes_model_parallel_and_generation(
     # Model parallelism: both sizes start from the same MP=1 weights (the padding rows differ).
     mp_data = write_dataset(tmp_path / "mp.lmdb", num_image_tokens=MP_IMAGE_TOKENS)
     torch.manual_seed(0)
-    sizes = TINY_SIZES
-    init = GPT2Model(
-        num_layers=sizes["num_layers"],
-        vocab_size=padded_vocab_size(MP_IMAGE_TOKENS + 50027, 1),
-        hidden_size=sizes["hidden_size"],
-        num_attention_heads=sizes["num_attention_heads"],
-        embedding_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-        output_dropout_prob=0.0,
-        max_sequence_length=sizes["max_position_embeddings"],
-        max_memory_length=0,
-        checkpoint_activations=False,
-    )
+    init = tiny_gpt(MP_IMAGE_TOKENS + 50027)
     save_checkpoint(init, tmp_path / "init", 1)
     mp_common = ("--load", str(tmp_path / "init"), "--finetune")
     mp_data_args = {"source": mp_data, "image_tokens": MP_IMAGE_TOKENS}

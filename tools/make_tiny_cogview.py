@@ -65,6 +65,22 @@ def tiny_vqvae() -> vqvae.VQVAE:
     return model
 
 
+def tiny_gpt(num_tokens: int) -> GPT2Model:
+    """A random GPT2Model of ``TINY_SIZES`` for ``num_tokens`` ids (MP=1 padding, no dropout)."""
+    return GPT2Model(
+        num_layers=TINY_SIZES["num_layers"],
+        vocab_size=padded_vocab_size(num_tokens, 1),
+        hidden_size=TINY_SIZES["hidden_size"],
+        num_attention_heads=TINY_SIZES["num_attention_heads"],
+        embedding_dropout_prob=0.0,
+        attention_dropout_prob=0.0,
+        output_dropout_prob=0.0,
+        max_sequence_length=TINY_SIZES["max_position_embeddings"],
+        max_memory_length=0,
+        checkpoint_activations=False,
+    )
+
+
 def command_line(sizes: dict[str, int] = TINY_SIZES) -> list[str]:
     """The size arguments of ``generate_samples.py`` that describe the tiny model."""
     args = [f"--{key.replace('_', '-')}={value}" for key, value in sizes.items()]
@@ -97,18 +113,7 @@ def _write_tiny_cogview(staging: Path, folder: Path, seed: int) -> list[str]:
     torch.manual_seed(seed)
     vqvae.save_vqvae(tiny_vqvae(), staging / "vqvae.pt")
     num_tokens = TINY_IMAGE_CODES + SentencePieceTokenizer().num_tokens + len(COMMAND_TOKENS)
-    model = GPT2Model(
-        num_layers=TINY_SIZES["num_layers"],
-        vocab_size=padded_vocab_size(num_tokens, 1),
-        hidden_size=TINY_SIZES["hidden_size"],
-        num_attention_heads=TINY_SIZES["num_attention_heads"],
-        embedding_dropout_prob=0.0,
-        attention_dropout_prob=0.0,
-        output_dropout_prob=0.0,
-        max_sequence_length=TINY_SIZES["max_position_embeddings"],
-        max_memory_length=0,
-        checkpoint_activations=False,
-    )
+    model = tiny_gpt(num_tokens)
     save_checkpoint(model, staging / "checkpoint", ITERATION)
     args = command_line()
     load = ["--load", str(folder / "checkpoint"), "--img-tokenizer-path", str(folder / "vqvae.pt")]
