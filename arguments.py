@@ -247,6 +247,12 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="restart at iteration 0 without optimizer or RNG state; resets the [ROI2] positions",
     )
+    group.add_argument(
+        "--finetune-positions",
+        action="store_true",
+        help="(added) the [ROI2] position reset and longer sequence of --finetune without its restart "
+        "at iteration 0: trains a super-resolution model from scratch, resumable from its checkpoints",
+    )
     group.add_argument("--resume-dataloader", action="store_true", help="skip the samples already consumed")
     group.add_argument("--distributed-backend", type=str, default="nccl", help="torch.distributed backend")
     group.add_argument(

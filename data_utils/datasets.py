@@ -200,9 +200,20 @@ class BinaryDataset(Dataset):
         return self.process_fn(self.bin[index])
 
 
+def uses_finetune_positions(args: argparse.Namespace) -> bool:
+    """Whether training uses the longer finetuning sequence and the `[ROI2]` position reset.
+
+    That is `--finetune` (or the added `--finetune-positions`) with `--max-position-embeddings-finetune`
+    above `--max-position-embeddings`. Namespaces built by hand with the original's fields only (no
+    `finetune_positions`) read as without the added flag.
+    """
+    finetuning = args.finetune or getattr(args, "finetune_positions", False)
+    return finetuning and args.max_position_embeddings_finetune > args.max_position_embeddings
+
+
 def sequence_length(args: argparse.Namespace) -> int:
     """Training sequence length `ml`: the finetuning one if finetuning with a longer one, else the usual."""
-    if args.finetune and args.max_position_embeddings_finetune > args.max_position_embeddings:
+    if uses_finetune_positions(args):
         return args.max_position_embeddings_finetune
     return args.max_position_embeddings
 

@@ -125,6 +125,7 @@ ORIGINAL_ARGS = {
     "--deepspeed_mpi": (FLAG, False),
 }
 ADDED_ARGS = {
+    "--finetune-positions": (FLAG, False),
     "--bf16": (FLAG, False),
     "--pb-relax-attention": (FLAG, False),
     "--text-tokenizer-path": (str, None),

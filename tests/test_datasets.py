@@ -113,6 +113,9 @@ def test_sequence_length_rule() -> None:
     assert sequence_length(make_args(1089, finetune=True, max_pos_finetune=1345)) == 1345
     assert sequence_length(make_args(1089, finetune=False, max_pos_finetune=1345)) == 1089
     assert sequence_length(make_args(1089, finetune=True, max_pos_finetune=512)) == 1089
+    positions_only = make_args(1089, max_pos_finetune=1345)
+    positions_only.finetune_positions = True  # the added flag: the longer rows without --finetune
+    assert sequence_length(positions_only) == 1345
 
 
 def test_finetune_length_pads_further(tmp_path: Path, real_tokenizer: UnifiedTokenizer) -> None:

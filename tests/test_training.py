@@ -55,13 +55,12 @@ def test_masks_and_positions_as_the_original():
     assert torch.equal(positions, torch.tensor([[0, 1, 2, 3], [0, 1, 2, 3]]))
 
 
-def test_finetune_positions_restart_at_roi2_and_are_clamped(real_tokenizer, monkeypatch):
+@pytest.mark.parametrize("flag", ["--finetune", "--finetune-positions"])  # the added flag: same positions
+def test_finetune_positions_restart_at_roi2_and_are_clamped(real_tokenizer, monkeypatch, flag):
     monkeypatch.setattr(unified_tokenizer, "_TOKENIZER", real_tokenizer)
     roi2 = real_tokenizer["[ROI2]"]
     data = torch.tensor([[1, 2, 3, 4, 5, roi2, 7, 8], [roi2, 1, roi2, 3, 4, 5, 6, 7]])
-    args = get_args(
-        ["--finetune", "--max-position-embeddings", "5", "--max-position-embeddings-finetune", "9"]
-    )
+    args = get_args([flag, "--max-position-embeddings", "5", "--max-position-embeddings-finetune", "9"])
     _, _, positions = pretrain_gpt2.get_masks_and_position_ids(data, args=args)
     assert positions.tolist() == [[0, 1, 2, 3, 4, 0, 1, 2], [0, 1, 2, 3, 4, 4, 4, 4]]
     with pytest.raises(BatchError, match=r"\[ROI2\] \(id 58200\) in every sample; batch row 1 has none"):

@@ -16,6 +16,7 @@ import torch
 import mpu
 from common.errors import InputError
 from data_utils import get_tokenizer
+from data_utils.datasets import uses_finetune_positions
 from training.timing import timer_or_null
 
 BATCH_KEYS = ["text", "loss_mask"]
@@ -52,8 +53,8 @@ def get_masks_and_position_ids(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The original's helper: ``(attention_mask [1, 1, s, s], loss_mask [b, s], position_ids [b, s])``.
 
-    Missing masks are made (causal; all ones). With `args.finetune` and
-    `args.max_position_embeddings < args.max_position_embeddings_finetune`, positions follow
+    Missing masks are made (causal; all ones). When `uses_finetune_positions(args)` (`--finetune` or
+    `--finetune-positions` with a longer `--max-position-embeddings-finetune`), positions follow
     :func:`finetune_position_ids` with the process-wide tokenizer's `[ROI2]`.
     """
     batch_size, seq_length = data.shape
@@ -61,11 +62,7 @@ def get_masks_and_position_ids(
         attention_mask = torch.ones(1, 1, seq_length, seq_length, device=data.device).tril_()
     if loss_mask is None:
         loss_mask = torch.ones_like(data)
-    if (
-        args is not None
-        and args.finetune
-        and args.max_position_embeddings < args.max_position_embeddings_finetune
-    ):
+    if args is not None and uses_finetune_positions(args):
         position_ids = finetune_position_ids(data, get_tokenizer()["[ROI2]"], args.max_position_embeddings)
     else:
         position_ids = torch.arange(seq_length, device=data.device).expand(batch_size, seq_length)

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader
 
 import mpu
 from data_utils import detect_new_datasets
+from data_utils.datasets import sequence_length
 from learning_rates import AnnealingLR
 from training import report
 from training.checkpointing import TrainingProgress, save_checkpoint
@@ -98,9 +99,7 @@ def evaluate_and_print_results(
 
 
 def _sequence_length(args: argparse.Namespace) -> int:
-    if args.finetune and args.max_position_embeddings_finetune > args.max_position_embeddings:
-        return args.max_position_embeddings_finetune - 1
-    return args.max_position_embeddings - 1
+    return sequence_length(args) - 1  # the model reads all but the last token of a row
 
 
 def train(
