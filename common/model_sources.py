@@ -17,8 +17,10 @@ The manifest holds one entry per line, ``role: arguments`` (split as a shell wou
 comment). ``common:`` arguments (the architecture, the tokenizers) go before every role's own; paths are
 relative to the manifest's folder, so a bundle can be moved (``PRETRAINED_DIR``). Roles: ``text2image``
 (what ``cogview-base`` does), ``caption`` (image2text and post-selection, ``cogview-caption``) and
-``super-resolution`` (``cogview-sr``); the web demo's role ``web`` is text2image with ``--load-caption``
-and ``--load-sr`` added for the others present. For example::
+``super-resolution`` (``cogview-sr``); a role's own arguments come after ``common:``, so they may give it
+another architecture. The web demo's role ``web`` is text2image with ``--load-caption`` and ``--load-sr``
+added for the others present that share the text2image model's architecture (the web demo builds all its
+models with one set of model arguments; the notice names one left out). For example::
 
     common: --num-layers 4 --hidden-size 256 --num-attention-heads 8 --max-position-embeddings 84
     common: --img-tokenizer-path vqvae_demo.pt --text-tokenizer-path demo_text.model --top_k 0
@@ -49,6 +51,9 @@ ROLES = (*RELEASED_FOLDERS, "web")
 MANIFEST = Path("demo") / "models.args"
 RELEASED_VQVAE = Path("vqvae") / "vqvae_hard_biggerset_011.pt"
 TRACKER = "latest_checkpointed_iteration.txt"
+# The web demo builds every model with its one set of model arguments, so it can serve a bundled model of
+# another role only when these agree with the text2image model's.
+ARCHITECTURE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--max-position-embeddings")
 PATH_FLAGS = frozenset(
     {
         "--load",
@@ -128,15 +133,25 @@ def _named_paths(arguments: Sequence[str]) -> list[Path]:
     return paths
 
 
-def _load_value(arguments: Sequence[str]) -> str | None:
-    """The folder ``--load`` names in ``arguments`` (the last one, as argparse reads it)."""
+def _flag_value(arguments: Sequence[str], flag: str) -> str | None:
+    """The value ``flag`` gets in ``arguments`` (the last one, as argparse reads it), in both spellings."""
     value = None
     for index, word in enumerate(arguments):
-        if word.startswith("--load="):
-            value = word.removeprefix("--load=")
-        elif word == "--load" and index + 1 < len(arguments):
+        if word.startswith(f"{flag}="):
+            value = word.removeprefix(f"{flag}=")
+        elif word == flag and index + 1 < len(arguments):
             value = arguments[index + 1]
     return value
+
+
+def _load_value(arguments: Sequence[str]) -> str | None:
+    """The folder ``--load`` names in ``arguments``."""
+    return _flag_value(arguments, "--load")
+
+
+def _architecture(arguments: Sequence[str]) -> list[str | None]:
+    """The values of the architecture flags in ``arguments`` (None where a flag is absent)."""
+    return [_flag_value(arguments, flag) for flag in ARCHITECTURE_FLAGS]
 
 
 def _is_checkpoint(folder: Path) -> bool:
@@ -168,18 +183,21 @@ def _bundled(role: str, pretrained: Path) -> ModelChoice | None:
     if own is None or not all(path.exists() for path in _named_paths(own)):
         return None
     arguments = list(own)
+    notice = (
+        f"the released weights are not in {pretrained / 'cogview'}; using the bundled demo models "
+        f"({manifest})"
+    )
     if role == "web":
         for other, flag in WEB_ROLES.items():
             extra = entries.get(other, [])
             load = _load_value(extra)
-            if load is not None and all(path.exists() for path in _named_paths(extra)):
-                arguments += [flag, load]
-    return ModelChoice(
-        "bundled",
-        arguments,
-        f"the released weights are not in {pretrained / 'cogview'}; using the bundled demo models "
-        f"({manifest})",
-    )
+            if load is None or not all(path.exists() for path in _named_paths(extra)):
+                continue
+            if _architecture(extra) != _architecture(own):
+                notice += f"; its {other} model has another architecture, so the web demo goes without it"
+                continue
+            arguments += [flag, load]
+    return ModelChoice("bundled", arguments, notice)
 
 
 def choose_model(

@@ -1,0 +1,128 @@
+"""tools/bundle_demo_model.py: the bundled weights and the manifest's roles, in both bundling orders, read
+back through common.model_sources (what the launchers and the web demo use)."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from common.model_sources import choose_model
+from data_utils import UnifiedTokenizer
+from model.checkpoint import save_checkpoint
+from tools import bundle_demo_model
+from tools.make_tiny_cogview import tiny_gpt
+
+DEMO = Path(__file__).resolve().parents[1] / "pretrained" / "demo"
+MAIN_ARCHITECTURE = ["--num-layers", "1", "--hidden-size", "32", "--num-attention-heads", "2"]
+MAIN = [*MAIN_ARCHITECTURE, "--max-position-embeddings", "96", "--image-size", "32"]
+SR = ["--model", "super-resolution", *MAIN_ARCHITECTURE, "--max-position-embeddings", "72"]
+SR += ["--max-position-embeddings-finetune", "104", "--image-size", "32"]
+# What the tool wrote before it knew super-resolution; bundling the main model alone must still write it.
+MAIN_MANIFEST = """\
+# The bundled demo GPT (scripts/train_demo.sh): one model for text2image and captions.
+common: --num-layers 1 --hidden-size 32 --num-attention-heads 2 --max-position-embeddings 96
+common: --img-tokenizer-path vqvae_demo.pt --text-tokenizer-path demo_text.model --image-size 32
+text2image: --load cogview-demo --post-select-load cogview-demo
+caption: --load cogview-demo
+"""
+SR_LINES = """\
+# The bundled super-resolution GPT (scripts/train_demo.sh), with its own architecture.
+super-resolution: --num-layers 1 --hidden-size 32 --num-attention-heads 2 --max-position-embeddings 72 \
+--max-position-embeddings-finetune 104 --load cogview-demo-sr
+"""
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """Two training-run folders of random tiny GPTs over the demo vocabulary (iterations 7 and 9)."""
+    root = tmp_path_factory.mktemp("runs")
+    num_tokens = UnifiedTokenizer(DEMO / "vqvae_demo.pt", "cpu", txt_tokenizer_path=DEMO / "demo_text.model")
+    torch.manual_seed(0)
+    for name, iteration in (("main", 7), ("sr", 9)):
+        save_checkpoint(tiny_gpt(num_tokens.num_tokens), root / name, iteration)
+    return {"main": root / "main", "sr": root / "sr"}
+
+
+def new_bundle(tmp_path: Path) -> Path:
+    bundle = tmp_path / "demo"
+    bundle.mkdir()
+    for name in bundle_demo_model.TOKENIZERS:
+        shutil.copy(DEMO / name, bundle / name)
+    return bundle
+
+
+def run_tool(run: Path, bundle: Path, arguments: list[str]) -> None:
+    assert bundle_demo_model.main([str(run), "--bundle", str(bundle), *arguments]) == 0
+
+
+def test_the_main_model_alone_keeps_its_manifest(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, MAIN)
+    assert (bundle / "models.args").read_text(encoding="utf-8") == MAIN_MANIFEST
+    assert (bundle / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "7"
+
+
+@pytest.mark.parametrize("order", [("main", "sr"), ("sr", "main")])
+def test_both_orders_give_one_manifest_with_each_role(runs, tmp_path, order):
+    bundle = new_bundle(tmp_path)
+    for which in order:
+        run_tool(runs[which], bundle, MAIN if which == "main" else SR)
+    assert (bundle / "models.args").read_text(encoding="utf-8") == MAIN_MANIFEST + SR_LINES
+    trained = torch.load(runs["sr"] / "9" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    bundled = torch.load(bundle / "cogview-demo-sr" / "9" / "mp_rank_00_model_states.pt", weights_only=True)
+    assert "optimizer" not in bundled and bundled["module"].keys() == trained.keys()
+    for key, weight in trained.items():
+        torch.testing.assert_close(bundled["module"][key], weight, rtol=0, atol=0)
+
+
+def test_the_super_resolution_model_alone_names_the_tokenizers(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["sr"], bundle, SR)
+    expected = bundle_demo_model.tokenizer_line(32) + SR_LINES
+    assert (bundle / "models.args").read_text(encoding="utf-8") == expected
+    assert choose_model("text2image", [], tmp_path).source == "missing"  # no main model yet
+    assert choose_model("super-resolution", [], tmp_path).source == "bundled"
+
+
+def test_the_launchers_read_each_role_and_the_web_demo_leaves_out_another_architecture(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, MAIN)
+    run_tool(runs["sr"], bundle, SR)
+    main = choose_model("text2image", [], tmp_path)
+    tokenizers = ["--img-tokenizer-path", str(bundle / "vqvae_demo.pt")]
+    tokenizers += ["--text-tokenizer-path", str(bundle / "demo_text.model"), "--image-size", "32"]
+    main_architecture = [*MAIN_ARCHITECTURE, "--max-position-embeddings", "96"]
+    model = str(bundle / "cogview-demo")
+    assert main.arguments == [*main_architecture, *tokenizers, "--load", model, "--post-select-load", model]
+    sr = choose_model("super-resolution", [], tmp_path)
+    assert sr.arguments == [
+        *main_architecture,
+        *tokenizers,
+        *MAIN_ARCHITECTURE,
+        *("--max-position-embeddings", "72", "--max-position-embeddings-finetune", "104"),
+        *("--load", str(bundle / "cogview-demo-sr")),
+    ]  # its own architecture after common's: argparse keeps the last value
+    web = choose_model("web", [], tmp_path)
+    assert web.arguments == [*main.arguments, "--load-caption", model]
+    assert web.notice.endswith(
+        "; its super-resolution model has another architecture, so the web demo goes without it"
+    )
+
+
+def test_the_web_demo_gets_a_super_resolution_model_of_the_same_architecture(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, MAIN)
+    same = [*SR[: SR.index("72")], "96", *SR[SR.index("72") + 1 :]]
+    run_tool(runs["sr"], bundle, same)
+    web = choose_model("web", [], tmp_path)
+    assert web.arguments[-2:] == ["--load-sr", str(bundle / "cogview-demo-sr")]
+    assert "goes without" not in web.notice
+
+
+def test_the_finetune_length_belongs_to_the_super_resolution_model(runs, tmp_path, capsys):
+    bundle = new_bundle(tmp_path)
+    with pytest.raises(SystemExit):
+        bundle_demo_model.main([str(runs["sr"]), "--bundle", str(bundle), *SR[:-4], *SR[-2:]])
+    assert "--max-position-embeddings-finetune goes with --model super-resolution" in capsys.readouterr().err
+    assert not (bundle / "models.args").exists()
