@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo models from scratch: data → text and image tokenizers → animal classifier →
-# token datasets (LMDB) → the GPT (text2image and caption layouts in one model) → bundle. Resumable: after
-# an interruption (Ctrl-C, kill, power loss) rerun the same command; finished stages are skipped and the
-# VQ-VAE training, preprocessing and GPT training continue where they stopped (the GPT from its last
-# checkpoint). Environment (defaults in brackets; sizes are the bundled models'):
+# token datasets (LMDB) → the GPT (text2image and caption layouts in one model) → bundle → the
+# super-resolution GPT (its datasets, training, bundle). Resumable: after an interruption (Ctrl-C, kill,
+# power loss) rerun the same command; finished stages are skipped and the VQ-VAE training, preprocessing
+# and both GPT trainings continue where they stopped (a GPT from its last checkpoint). Environment
+# (defaults in brackets; sizes are the bundled models'):
 #   DEMO_WORK [data/demo]          data, tokenizers, datasets and logs of the run
 #   DEMO_BUNDLE [pretrained/demo]  where the finished tokenizers and classifier are copied
 #   DEMO_SOURCE                    folder of animal-mnist's data files [the installed animal-mnist,
@@ -19,6 +20,11 @@
 #   DEMO_GPT_PRECISION [auto]      bf16 (autocast) or fp32; auto: bf16 where the CPU has AVX512-BF16 or
 #                                  AMX (1.6× faster there), fp32 elsewhere (bf16 is far slower on AVX2)
 #   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
+#   DEMO_SR_TRAIN_EVERY [9] DEMO_SR_TEST_EVERY [5]   the super-resolution datasets take every Nth composite
+#                                  of the split (each gives 9 windows × 2 captions rows)
+#   DEMO_SR_LAYERS [4] DEMO_SR_HIDDEN [128] DEMO_SR_HEADS [4] DEMO_SR_BATCH [16] DEMO_SR_ITERS [1500]
+#   DEMO_SR_LR [1e-3] DEMO_SR_SAVE_INTERVAL [100]   the super-resolution GPT (precision: DEMO_GPT_PRECISION)
+#   DEMO_SR_EVAL_INTERVAL [250] DEMO_SR_EVAL_ITERS [5]   its loss on the test split's SR dataset
 # The DEMO_* settings of a run are kept in $DEMO_WORK/settings.txt; a rerun with other settings stops
 # (use another DEMO_WORK), so no stage is ever skipped for an output made with different settings.
 set -euo pipefail
@@ -153,3 +159,56 @@ for file in "$text_model" "$vqvae_model" "$classifier"; do
   cp "$file" "$bundle/.$(basename "$file").tmp" && mv "$bundle/.$(basename "$file").tmp" "$bundle/$(basename "$file")"
 done
 "$python" tools/bundle_demo_model.py "$gpt_run" --bundle "$bundle" "${gpt_architecture[@]}" --image-size "$image_size"
+
+
+# The super-resolution GPT: rows `[ROI1] caption [size] [BOI1] crop [EOI1] [ROI2] [POS0] [size] [BOI2]
+# block` (data_utils.layouts), a (grid/2)² crop of the grid×grid codes of the composite at image_size px and
+# the grid² block of its codes at twice that size (the same VQ-VAE reads both), 9 windows per composite.
+# Positions restart at [ROI2] (--finetune-positions: the reset of --finetune, resumable), so the table needs
+# the 4 tokens from [ROI2] to [BOI2] and the block, plus 4 spare; the sequence holds 3 + caption + crop +
+# 5 + block tokens, with room for captions of 16 pieces.
+sr_positions=$(( grid * grid + 8 ))
+sr_sequence=$(( grid * grid + grid * grid / 4 + 8 + 16 ))
+for split in train test; do
+  every=$([ "$split" = train ] && echo "${DEMO_SR_TRAIN_EVERY:-9}" || echo "${DEMO_SR_TEST_EVERY:-5}")
+  captions="$work/sr/${split}_captions.tsv"
+  lmdb="$work/lmdb/demo_${split}_sr.lmdb"
+  stage "super-resolution rows of the $split composites numbered a multiple of $every → $lmdb"
+  mkdir -p "$work/sr"
+  awk -F'\t' -v every="$every" '{ n = $1; gsub(/[^0-9]/, "", n); if ((n + 0) % every == 0) print }' \
+    "$work/$split/captions.tsv" >"$captions.tmp"
+  mv "$captions.tmp" "$captions"
+  [ -d "$lmdb" ] || "$python" preprocess_entry.py --captions "$captions" --image-root "$work/$split" \
+    --img-tokenizer-path "$vqvae_model" --txt-tokenizer-path "$text_model" --layout super-resolution \
+    --encode-size "$grid" --max-seq-len "$sr_sequence" --output "$lmdb" --batch-size 64 --num-workers 0 \
+    --device cpu
+done
+
+sr_layers="${DEMO_SR_LAYERS:-4}"
+sr_hidden="${DEMO_SR_HIDDEN:-128}"
+sr_architecture=(--num-layers "$sr_layers" --hidden-size "$sr_hidden" --num-attention-heads "${DEMO_SR_HEADS:-4}"
+  --max-position-embeddings "$sr_positions" --max-position-embeddings-finetune "$sr_sequence")
+sr_iters="${DEMO_SR_ITERS:-1500}"
+sr_save="$work/sr/gpt"
+sr_run="$(ls -d "$sr_save"/demo_sr*/latest_checkpointed_iteration.txt 2>/dev/null | sort | tail -n 1 || true)"
+sr_run="${sr_run%/latest_checkpointed_iteration.txt}"
+resume=()
+[ -n "$sr_run" ] && resume=(--load "$sr_run")
+stage "super-resolution GPT (${sr_layers} layers × ${sr_hidden}, ${sr_iters} iterations, $gpt_precision) → $sr_save ${resume[*]}"
+if [ -z "$sr_run" ] || [ "$(cat "$sr_run/latest_checkpointed_iteration.txt")" != "$sr_iters" ]; then
+  "$python" pretrain_gpt2.py "${sr_architecture[@]}" --finetune-positions "${resume[@]}" --device cpu \
+    "${precision[@]}" --train-data "$work/lmdb/demo_train_sr.lmdb" --split 1000,0,0 \
+    --valid-data "$work/lmdb/demo_test_sr.lmdb" \
+    --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
+    --batch-size "${DEMO_SR_BATCH:-16}" --train-iters "$sr_iters" --lr "${DEMO_SR_LR:-1e-3}" \
+    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --hidden-dropout 0 --attention-dropout 0 \
+    --save "$sr_save" --experiment-name demo_sr --save-interval "${DEMO_SR_SAVE_INTERVAL:-100}" \
+    --eval-interval "${DEMO_SR_EVAL_INTERVAL:-250}" --eval-iters "${DEMO_SR_EVAL_ITERS:-5}" \
+    --log-interval 10 --num-workers 1
+  sr_run="$(ls -d "$sr_save"/demo_sr*/latest_checkpointed_iteration.txt | sort | tail -n 1)"
+  sr_run="${sr_run%/latest_checkpointed_iteration.txt}"
+fi
+
+stage "bundle the super-resolution GPT → $bundle"
+"$python" tools/bundle_demo_model.py "$sr_run" --bundle "$bundle" --model super-resolution \
+  "${sr_architecture[@]}" --image-size "$image_size"

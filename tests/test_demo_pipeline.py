@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vqvae
-from data_utils import UnifiedTokenizer
+from data_utils import UnifiedTokenizer, layouts
 from data_utils.datasets import LMDBDataset
 from preprocess.sources import read_captions
 from tests.helpers.demo_source import write_fake_animal_mnist
@@ -39,6 +39,16 @@ MINIATURE = {
     "DEMO_GPT_SAVE_INTERVAL": "2",
     "DEMO_GPT_EVAL_INTERVAL": "2",
     "DEMO_GPT_EVAL_ITERS": "1",
+    "DEMO_SR_TRAIN_EVERY": "1",
+    "DEMO_SR_TEST_EVERY": "2",
+    "DEMO_SR_LAYERS": "1",
+    "DEMO_SR_HIDDEN": "16",
+    "DEMO_SR_HEADS": "2",
+    "DEMO_SR_BATCH": "4",
+    "DEMO_SR_ITERS": "3",
+    "DEMO_SR_SAVE_INTERVAL": "2",
+    "DEMO_SR_EVAL_INTERVAL": "2",
+    "DEMO_SR_EVAL_ITERS": "1",
 }
 BUNDLED = ("demo_text.model", "vqvae_demo.pt", "animal_classifier.pt")
 LMDBS = [f"demo_{split}_{short}.lmdb" for split in ("train", "test") for short in ("t2i", "i2t")]
@@ -113,6 +123,43 @@ def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
         in manifest
     )
     assert "caption: --load cogview-demo" in manifest
+
+
+def test_super_resolution_rows_match_an_independent_encoding(finished):
+    work = finished / "work"
+    model = vqvae.load_vqvae(work / "tokenizers" / "vqvae_demo.pt")
+    tokenizer = UnifiedTokenizer(None, "cpu", 32, txt_tokenizer_path=work / "tokenizers" / "demo_text.model")
+    train = LMDBDataset(work / "lmdb" / "demo_train_sr.lmdb", process_fn=np.asarray)
+    test = LMDBDataset(work / "lmdb" / "demo_test_sr.lmdb", process_fn=np.asarray)
+    assert (len(train), len(test)) == (40 * 9, 20 * 9)  # every composite, every second one; 9 windows each
+    records = read_captions(work / "test" / "captions.tsv")
+    for index in (0, 3):  # the test rows: composites 0, 2, 4, ...: records 0, 1, 4, 5, ...
+        record = records[2 * (index // 2) * 2 + index % 2]
+        low, high = (
+            vqvae.img2code(model, vqvae.read_img(work / "test" / record.image, size))[0].tolist()
+            for size in (32, 64)
+        )
+        assert (len(low), len(high)) == (64, 256)
+        expected = layouts.super_resolution_rows(tokenizer, tokenizer.EncodeAsIds(record.caption), low, high)
+        assert [test[9 * index + window].tolist() for window in range(9)] == expected
+
+
+def test_the_bundled_super_resolution_gpt_is_its_last_checkpoint_with_its_own_role(finished):
+    run = next((finished / "work" / "sr" / "gpt").glob("demo_sr*"))
+    assert (run / "latest_checkpointed_iteration.txt").read_text() == "3"
+    trained = torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    bundled = torch.load(
+        finished / "bundle" / "cogview-demo-sr" / "3" / "mp_rank_00_model_states.pt", weights_only=True
+    )["module"]
+    assert bundled.keys() == trained.keys()
+    for key, weight in bundled.items():
+        torch.testing.assert_close(weight, trained[key], rtol=0, atol=0)
+    lines = (finished / "bundle" / "models.args").read_text().splitlines()
+    assert lines[-1] == (
+        "super-resolution: --num-layers 1 --hidden-size 16 --num-attention-heads 2 "
+        "--max-position-embeddings 72 --max-position-embeddings-finetune 104 --load cogview-demo-sr"
+    )
+    assert "caption: --load cogview-demo" in lines
 
 
 def test_rerun_does_nothing_and_other_settings_are_refused(finished):
