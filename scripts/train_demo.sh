@@ -22,7 +22,7 @@
 #   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
 #   DEMO_SR_TRAIN_EVERY [9] DEMO_SR_TEST_EVERY [5]   the super-resolution datasets take every Nth composite
 #                                  of the split (each gives 9 windows × 2 captions rows)
-#   DEMO_SR_LAYERS [4] DEMO_SR_HIDDEN [128] DEMO_SR_HEADS [4] DEMO_SR_BATCH [16] DEMO_SR_ITERS [1500]
+#   DEMO_SR_LAYERS [4] DEMO_SR_HIDDEN [128] DEMO_SR_HEADS [4] DEMO_SR_BATCH [16] DEMO_SR_ITERS [3000]
 #   DEMO_SR_LR [1e-3] DEMO_SR_SAVE_INTERVAL [100]   the super-resolution GPT (precision: DEMO_GPT_PRECISION)
 #   DEMO_SR_EVAL_INTERVAL [250] DEMO_SR_EVAL_ITERS [5]   its loss on the test split's SR dataset
 # The DEMO_* settings of a run are kept in $DEMO_WORK/settings.txt; a rerun with other settings stops
@@ -188,7 +188,7 @@ sr_layers="${DEMO_SR_LAYERS:-4}"
 sr_hidden="${DEMO_SR_HIDDEN:-128}"
 sr_architecture=(--num-layers "$sr_layers" --hidden-size "$sr_hidden" --num-attention-heads "${DEMO_SR_HEADS:-4}"
   --max-position-embeddings "$sr_positions" --max-position-embeddings-finetune "$sr_sequence")
-sr_iters="${DEMO_SR_ITERS:-1500}"
+sr_iters="${DEMO_SR_ITERS:-3000}"
 sr_save="$work/sr/gpt"
 sr_run="$(ls -d "$sr_save"/demo_sr*/latest_checkpointed_iteration.txt 2>/dev/null | sort | tail -n 1 || true)"
 sr_run="${sr_run%/latest_checkpointed_iteration.txt}"

@@ -7,7 +7,8 @@
 #   2. the released weights in pretrained/cogview/ and pretrained/vqvae/ (cogview-caption and cogview-sr
 #      are used when present);
 #   3. the bundled demo models of pretrained/demo/models.args (text2image, with its caption and
-#      super-resolution models when listed);
+#      super-resolution models when listed and of the text2image model's architecture: the server builds
+#      every model with one set of model arguments; the bundled super-resolution model is smaller);
 #   otherwise it stops with one line saying what is missing. The choice is common/model_sources.py's,
 #   the same as the other launchers'.
 # Web options: --host (default 127.0.0.1; another address exposes the demo to the network), --port
