@@ -14,8 +14,11 @@
 #   DEMO_VQ_SAVE_INTERVAL [100]    VQ-VAE steps between saves (how much an interruption can lose)
 #   DEMO_CLASSIFIER_EPOCHS [5]
 #   DEMO_GPT_LAYERS [6] DEMO_GPT_HIDDEN [192] DEMO_GPT_HEADS [6] DEMO_GPT_BATCH [16]
-#   DEMO_GPT_ITERS [4000] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [100]   the GPT and its training
-#   DEMO_GPT_EVAL_INTERVAL [500] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
+#   DEMO_GPT_ITERS [16000] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [250]   the GPT and its training
+#   DEMO_GPT_CAPTION_DROPOUT [0.1]  text2image rows shown without their caption (for --guidance-scale)
+#   DEMO_GPT_PRECISION [auto]      bf16 (autocast) or fp32; auto: bf16 where the CPU has AVX512-BF16 or
+#                                  AMX (1.6× faster there), fp32 elsewhere (bf16 is far slower on AVX2)
+#   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
 # The DEMO_* settings of a run are kept in $DEMO_WORK/settings.txt; a rerun with other settings stops
 # (use another DEMO_WORK), so no stage is ever skipped for an output made with different settings.
 set -euo pipefail
@@ -111,7 +114,16 @@ gpt_heads="${DEMO_GPT_HEADS:-6}"
 gpt_positions=$(( grid * grid + 24 ))
 gpt_architecture=(--num-layers "$gpt_layers" --hidden-size "$gpt_hidden" --num-attention-heads "$gpt_heads"
   --max-position-embeddings "$gpt_positions")
-gpt_iters="${DEMO_GPT_ITERS:-4000}"
+gpt_iters="${DEMO_GPT_ITERS:-16000}"
+gpt_precision="${DEMO_GPT_PRECISION:-auto}"
+if [ "$gpt_precision" = auto ]; then
+  gpt_precision=$("$python" -c 'from common.devices import cpu_has_fast_bf16; print("bf16" if cpu_has_fast_bf16() else "fp32")')
+fi
+case "$gpt_precision" in
+  bf16) precision=(--bf16) ;;
+  fp32) precision=() ;;
+  *) echo "train_demo: DEMO_GPT_PRECISION is '$gpt_precision'; use auto, bf16 or fp32" >&2; exit 2 ;;
+esac
 gpt_save="$work/gpt"
 # pretrain_gpt2.py saves to {--save}/{--experiment-name}{timestamp}; a rerun continues the newest run
 # that has a checkpoint (its tracker file).
@@ -119,16 +131,17 @@ gpt_run="$(ls -d "$gpt_save"/demo_gpt*/latest_checkpointed_iteration.txt 2>/dev/
 gpt_run="${gpt_run%/latest_checkpointed_iteration.txt}"
 resume=()
 [ -n "$gpt_run" ] && resume=(--load "$gpt_run")
-stage "GPT (${gpt_layers} layers × ${gpt_hidden}, ${gpt_iters} iterations) → $gpt_save ${resume[*]}"
+stage "GPT (${gpt_layers} layers × ${gpt_hidden}, ${gpt_iters} iterations, $gpt_precision) → $gpt_save ${resume[*]}"
 if [ -z "$gpt_run" ] || [ "$(cat "$gpt_run/latest_checkpointed_iteration.txt")" != "$gpt_iters" ]; then
-  "$python" pretrain_gpt2.py "${gpt_architecture[@]}" "${resume[@]}" --device cpu \
+  "$python" pretrain_gpt2.py "${gpt_architecture[@]}" "${resume[@]}" --device cpu "${precision[@]}" \
     --train-data "$work/lmdb/demo_train_t2i.lmdb" "$work/lmdb/demo_train_i2t.lmdb" --split 1000,0,0 \
     --valid-data "$work/lmdb/demo_test_t2i.lmdb" "$work/lmdb/demo_test_i2t.lmdb" \
     --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
     --batch-size "${DEMO_GPT_BATCH:-16}" --train-iters "$gpt_iters" --lr "${DEMO_GPT_LR:-1e-3}" \
-    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.03 --hidden-dropout 0 --attention-dropout 0 \
-    --save "$gpt_save" --experiment-name demo_gpt --save-interval "${DEMO_GPT_SAVE_INTERVAL:-100}" \
-    --eval-interval "${DEMO_GPT_EVAL_INTERVAL:-500}" --eval-iters "${DEMO_GPT_EVAL_ITERS:-10}" \
+    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --hidden-dropout 0 --attention-dropout 0 \
+    --caption-dropout "${DEMO_GPT_CAPTION_DROPOUT:-0.1}" \
+    --save "$gpt_save" --experiment-name demo_gpt --save-interval "${DEMO_GPT_SAVE_INTERVAL:-250}" \
+    --eval-interval "${DEMO_GPT_EVAL_INTERVAL:-1000}" --eval-iters "${DEMO_GPT_EVAL_ITERS:-10}" \
     --log-interval 10 --num-workers 1
   gpt_run="$(ls -d "$gpt_save"/demo_gpt*/latest_checkpointed_iteration.txt | sort | tail -n 1)"
   gpt_run="${gpt_run%/latest_checkpointed_iteration.txt}"

@@ -16,7 +16,7 @@ from common.atomic_files import (
     write_atomic,
     write_new,
 )
-from common.devices import DeviceError, parse_device, process_device, resolve_device
+from common.devices import DeviceError, cpu_has_fast_bf16, parse_device, process_device, resolve_device
 from common.errors import InputError, MissingInputError
 from data_utils.unified_tokenizer import QueryError
 from generation.inputs import Query
@@ -109,6 +109,21 @@ def test_resolve_device_and_process_device(monkeypatch):
     assert process_device("cuda", local_rank=3) == torch.device("cuda", 1)
     assert process_device("cuda:0", local_rank=3) == torch.device("cuda", 0)
     assert process_device("cpu", local_rank=3) == torch.device("cpu")
+
+
+@pytest.mark.parametrize(
+    ("flags", "fast"),
+    [
+        ("fpu avx2 avx512f avx512_bf16", True),
+        ("fpu avx2 amx_bf16 amx_tile", True),
+        ("fpu avx2 avx512f", False),
+    ],
+)
+def test_cpu_has_fast_bf16_reads_the_cpu_flags(tmp_path, flags, fast):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nvendor_id\t: X\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert cpu_has_fast_bf16(str(cpuinfo)) is fast
+    assert cpu_has_fast_bf16(str(tmp_path / "missing")) is False
 
 
 def test_input_errors_share_one_base_and_keep_the_old_bases():
