@@ -541,6 +541,9 @@ def test_the_api_on_cuda_scores_like_the_cpu_and_draws_pngs(tiny_cogview, client
             np.testing.assert_allclose(scores["cuda"], scores["cpu"], atol=1e-3)
             drawn = cuda_client.post("/api/text2image", json={"prompt": "一只猫", "num_images": 2, "seed": 1})
             assert [pixels(png).shape for png in drawn.json()["images"]] == [(256, 256, 3)] * 2
+            levers = {"post_select": 2, "guidance_scale": 2}
+            chosen = cuda_client.post("/api/text2image", json={"prompt": "一只猫", "num_images": 2, **levers})
+            assert len(chosen.json()["images"]) == len(chosen.json()["post_selection"]) == 2
             magnified = cuda_client.post(
                 "/api/super-resolution", files=[upload(image_files[0])], data={"prompt": "猫"}
             )

@@ -13,8 +13,8 @@ Two quality levers (both off by default, as for the released weights):
 
 A caption with words the text tokenizer does not know still runs, with one notice line naming them.
 
-:func:`guidance_query` and :func:`select_candidates` take plain models, tokenizers and callables, not a
-:class:`TaskContext`, so the web demo (``web.backend``) draws and selects exactly as this task does.
+:func:`guidance_query` and :func:`select_candidates` take a tokenizer and a scoring function, not a
+:class:`TaskContext`, so the web demo (``web.backend``) guides and selects exactly as this task does.
 """
 
 from collections.abc import Callable, Sequence
