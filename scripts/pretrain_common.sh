@@ -59,11 +59,17 @@ pretrain() {
     NUM_GPUS_PER_WORKER="${NUM_GPUS_PER_WORKER:-$("$python" -c 'import torch; print(torch.cuda.device_count())')}"
     read -r -a nccl <<<"${OPTIONS_NCCL:-}"
   fi
+  # The original's data are tokenised with the released VQ-VAE (8192 codes); a run that names its own
+  # image tokenizer takes the codebook size from it instead.
+  local image_codes=(--img-tokenizer-num-tokens 8192) argument
+  for argument in "$@"; do
+    [[ "$argument" == --img-tokenizer-path* ]] && image_codes=()
+  done
   local command=(
     env "${nccl[@]}" "$python" -m deepspeed.launcher.runner
     --num_nodes "$NUM_WORKERS" --num_gpus "$NUM_GPUS_PER_WORKER" "${hostfile[@]}" --master_port "$MASTER_PORT"
     "${launcher_args[@]}" "$repo/pretrain_gpt2.py"
-    --experiment-name "$EXPERIMENT_NAME" --img-tokenizer-num-tokens 8192 --dataset-type "$DATASET_TYPE"
+    --experiment-name "$EXPERIMENT_NAME" "${image_codes[@]}" --dataset-type "$DATASET_TYPE"
     --model-parallel-size "$MP_SIZE" --num-layers "$NUM_LAYERS" --hidden-size "$HIDDEN_SIZE"
     --num-attention-heads "$NUM_ATTENTION_HEADS" --save "$SAVE_DIR" --train-iters "$TRAIN_ITERS"
     --resume-dataloader --train-data "$DATA_PATH" --split 949,50,1 --distributed-backend "$backend"

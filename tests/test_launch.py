@@ -143,3 +143,26 @@ def test_multiple_nodes_without_a_hostfile_is_one_line(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr.splitlines()[-1].startswith(f"pretrain: hostfile {missing} not found")
+
+
+def launched_command(tmp_path: Path, *argv: str) -> str:
+    """The pretrain_gpt2.py command line scripts/pretrain_single_node.sh prints before it starts."""
+    environment = {**os.environ, "DEVICE": "cpu", "DATA_PATH": str(tmp_path / "missing.lmdb")}
+    result = subprocess.run(
+        ["bash", str(REPO / "scripts" / "pretrain_single_node.sh"), "--train-iters", "1", *argv],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0  # the data do not exist
+    return next(line for line in result.stderr.splitlines() if "pretrain_gpt2.py" in line)
+
+
+@pytest.mark.slow
+def test_own_image_tokenizer_replaces_the_released_codebook_size(tmp_path):
+    assert "--img-tokenizer-num-tokens 8192" in launched_command(tmp_path)
+    own = tmp_path / "vqvae.pt"
+    command = launched_command(tmp_path, "--img-tokenizer-path", str(own))
+    assert "--img-tokenizer-num-tokens" not in command
+    assert f"--img-tokenizer-path {own}" in command
