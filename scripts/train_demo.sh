@@ -17,6 +17,8 @@
 #   DEMO_GPT_LAYERS [6] DEMO_GPT_HIDDEN [192] DEMO_GPT_HEADS [6] DEMO_GPT_BATCH [16]
 #   DEMO_GPT_ITERS [16000] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [250]   the GPT and its training
 #   DEMO_GPT_CAPTION_DROPOUT [0.1]  text2image rows shown without their caption (for --guidance-scale)
+#   DEMO_GPT_TXT_LOSS_SCALE [5]     weight of text positions (--txt-loss-scale): a caption's animal word is
+#                                  1 of ~264 predictions in its row, too little signal to learn shapes from
 #   DEMO_GPT_PRECISION [auto]      bf16 (autocast) or fp32; auto: bf16 where the CPU has AVX512-BF16 or
 #                                  AMX (1.6× faster there), fp32 elsewhere (bf16 is far slower on AVX2)
 #   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
@@ -145,7 +147,7 @@ if [ -z "$gpt_run" ] || [ "$(cat "$gpt_run/latest_checkpointed_iteration.txt")" 
     --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
     --batch-size "${DEMO_GPT_BATCH:-16}" --train-iters "$gpt_iters" --lr "${DEMO_GPT_LR:-1e-3}" \
     --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --hidden-dropout 0 --attention-dropout 0 \
-    --caption-dropout "${DEMO_GPT_CAPTION_DROPOUT:-0.1}" \
+    --caption-dropout "${DEMO_GPT_CAPTION_DROPOUT:-0.1}" --txt-loss-scale "${DEMO_GPT_TXT_LOSS_SCALE:-5}" \
     --save "$gpt_save" --experiment-name demo_gpt --save-interval "${DEMO_GPT_SAVE_INTERVAL:-250}" \
     --eval-interval "${DEMO_GPT_EVAL_INTERVAL:-1000}" --eval-iters "${DEMO_GPT_EVAL_ITERS:-10}" \
     --log-interval 10 --num-workers 1

@@ -12,7 +12,8 @@
 #   otherwise it stops with one line saying what is missing. The choice is common/model_sources.py's,
 #   the same as the other launchers'.
 # Web options: --host (default 127.0.0.1; another address exposes the demo to the network), --port
-# (default 7860; 0 picks a free one), --queue-size, --max-images, --max-prompt-chars, --max-upload-mb,
+# (default 7860; 0 picks a free one), --queue-size, --max-images, --max-candidates (num_images ×
+# post_select), --max-prompt-chars, --max-upload-mb,
 # --examples FILE (default: the repository's input.txt when there is one, else built-in prompts).
 # Environment as the other launchers: DEVICE, PRECISION, PRETRAINED_DIR (default
 # pretrained/ in the repository). Ctrl-C stops the server.

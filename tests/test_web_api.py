@@ -9,6 +9,7 @@ import asyncio
 import base64
 import io
 import json
+import re
 import threading
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from data_utils import UnifiedTokenizer, unified_tokenizer
 from generation.tasks import TASKS, TaskContext
 from tests.helpers.tiny_cogview import tiny_cogview_argv
 from web.app import create_app
+from web.backend import Backend, Models, Sampling
 from web.jobs import Cancelled, Job, JobQueue
 from web.server import load_backend, web_parser
 from web.uploads import Limits
@@ -72,13 +74,25 @@ def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
-def reference_context(backend, batch_size: int) -> TaskContext:
-    """A task context on the same model with the command line's settings: the reference for the API."""
+def reference_context(
+    backend, batch_size: int, post_select: int = 1, guidance_scale: float = 1.0
+) -> TaskContext:
+    """A task context on the same model with the command line's settings: the reference for the API.
+
+    Its post-selection scores with the same model: the tiny one plays every role here.
+    """
     args = get_args(
         ["--batch-size", str(batch_size), "--max-inference-batch-size", "1", "--top_k", str(TOP_K)]
     )
     args.max_position_embeddings_finetune = backend.args.max_position_embeddings_finetune
-    ctx = TaskContext(backend.models.base, backend.tokenizer, args, image_size=backend.image_size)
+    ctx = TaskContext(
+        backend.models.base,
+        backend.tokenizer,
+        args,
+        image_size=backend.image_size,
+        post_select=post_select,
+        guidance_scale=guidance_scale,
+    )
     ctx.generator = torch.Generator().manual_seed(SEED)
     return ctx
 
@@ -119,7 +133,8 @@ def test_page_files_and_info(client, backend):
     assert info["tasks"] == {
         task: True for task in ("text2image", "image2text", "post-selection", "super-resolution")
     }
-    assert info["options"] == {"post_select": False, "guidance_scale": False}
+    assert info["options"] == {"post_select": True, "guidance_scale": True}
+    assert info["limits"]["max_candidates"] == 32 and info["limits"]["max_guidance_scale"] == 20
     assert info["defaults"]["top_k"] == TOP_K and info["image_size"] == 256
     assert any(ord(ch) > 0x4E00 for ch in "".join(info["examples"])), "Chinese example prompts"
     assert backend.models.base is backend.models.caption is backend.models.super_resolution
@@ -163,6 +178,75 @@ def test_text2image_stream_reports_progress_then_each_image(client):
     last_progress = len(kinds) - 1 - kinds[::-1].index("progress")
     assert kinds.index("image") < last_progress, "the first image comes before the second one is drawn"
     assert all(pixels(event["png"]).shape == (256, 256, 3) for event in images)
+
+
+def test_text2image_post_select_equals_the_text2image_task(client, backend):
+    """K candidates per image, the best kept: the images and the report line of ``--post-select 3``."""
+    prompt = "一只可爱的猫"
+    body = {"prompt": prompt, "num_images": 2, "seed": SEED, "post_select": 3}
+    response = client.post("/api/text2image", json=body)
+    assert response.status_code == 200, response.text
+    result = response.json()
+    expected = TASKS["text2image"].run(reference_context(backend, 2, post_select=3), [prompt])
+    assert len(result["images"]) == len(expected.samples) == 2, "the kept images, not the candidates"
+    for got, want in zip(result["images"], expected.samples, strict=True):
+        np.testing.assert_array_equal(pixels(got), as_pixels(want))
+    (line,) = [line for line in expected.report if line.startswith("post-selection")]
+    picks = [kept["candidate"] for kept in result["post_selection"]]
+    assert line.startswith(f"post-selection: kept candidate {picks[0]}, {picks[1]} of 3 per image")
+    reported = [float(x) for x in re.search(r"scores (.*)\)", line).group(1).split(", ")]
+    np.testing.assert_allclose([kept["score"] for kept in result["post_selection"]], reported, atol=1e-3)
+    # the candidates are the six images of the same seed without post-selection, in order
+    drawn = client.post("/api/text2image", json={**body, "num_images": 6, "post_select": 1}).json()
+    assert "post_selection" not in drawn
+    assert result["images"] == [drawn["images"][3 * group + pick] for group, pick in enumerate(picks)]
+
+
+def test_text2image_guidance_equals_the_text2image_task(client, backend):
+    prompt = "a red cat"
+    body = {"prompt": prompt, "num_images": 2, "seed": SEED, "guidance_scale": 3}
+    guided = [pixels(png) for png in client.post("/api/text2image", json=body).json()["images"]]
+    expected = TASKS["text2image"].run(reference_context(backend, 2, guidance_scale=3), [prompt]).samples
+    for got, want in zip(guided, expected, strict=True):
+        np.testing.assert_array_equal(got, as_pixels(want))
+    plain = client.post("/api/text2image", json={**body, "guidance_scale": 1}).json()["images"]
+    assert not np.array_equal(pixels(plain[0]), guided[0]), "guidance changes the images"
+
+
+class Recorder:
+    """A :class:`web.backend.Reporter` that records what a task reports and cancels after ``stop_after``."""
+
+    def __init__(self, stop_after: int | None = None):
+        self.stop_after = stop_after
+        self.progress_calls: list[tuple[int, int]] = []
+        self.images: list[tuple[int, dict]] = []
+
+    def progress(self, done: int, total: int) -> None:
+        if self.stop_after is not None and done > self.stop_after:
+            raise Cancelled
+        self.progress_calls.append((done, total))
+
+    def image(self, index: int, png: bytes, **details) -> None:
+        assert png.startswith(b"\x89PNG")
+        self.images.append((index, details))
+
+
+def test_text2image_levers_count_every_candidate_and_cancel(backend):
+    """Progress counts the tokens of all K·n candidates (guided or not); a cancel stops the drawing."""
+    ids = backend.text2image_ids("一只猫")
+    caption_ids = backend.check_caption("一只猫", "prompt")
+    settings = Sampling(temperature=1.0, top_k=TOP_K, seed=SEED, post_select=2, guidance_scale=2.0)
+    recorder = Recorder()
+    kept = backend.text2image(ids, 2, settings, recorder, caption_ids)
+    total = 2 * 2 * backend.num_codes
+    assert recorder.progress_calls[-1] == (total, total) and len(recorder.progress_calls) == total
+    assert [done for done, _ in recorder.progress_calls] == list(range(1, total + 1))
+    assert [index for index, _ in recorder.images] == [0, 1]
+    assert [details for _, details in recorder.images] == kept and {*kept[0]} == {"candidate", "score"}
+    cancelled = Recorder(stop_after=3 * backend.num_codes)  # within the second image's last candidate
+    with pytest.raises(Cancelled):
+        backend.text2image(ids, 2, settings, cancelled, caption_ids)
+    assert [index for index, _ in cancelled.images] == [0], "the first image, kept before the cancel"
 
 
 def test_image2text_equals_the_image2text_task(client, backend, image_files):
@@ -227,8 +311,22 @@ def test_client_text_is_never_the_query_language(client, backend, monkeypatch):
         ({"prompt": "cat", "temperature": -1}, 422, "temperature: Input should be greater than 0"),
         ({"prompt": "cat", "top_k": "many"}, 422, "top_k: Input should be a valid integer"),
         ({"prompt": "cat", "colour": "red"}, 422, "colour: Extra inputs are not permitted"),
-        ({"prompt": "cat", "post_select": 4}, 400, "post_select is not supported"),
-        ({"prompt": "cat", "guidance_scale": 3}, 400, "guidance_scale is not supported"),
+        ({"prompt": "cat", "post_select": 0}, 422, "post_select: Input should be greater than or equal to 1"),
+        (
+            {"prompt": "cat", "num_images": 4, "post_select": 9},
+            400,
+            "num_images × post_select is 4 × 9 = 36 candidate images; the limit is 32",
+        ),
+        (
+            {"prompt": "cat", "guidance_scale": 21},
+            422,
+            "guidance_scale: Input should be less than or equal to 20",
+        ),
+        (
+            {"prompt": "cat", "guidance_scale": -1},
+            422,
+            "guidance_scale: Input should be greater than or equal to 0",
+        ),
         ({}, 422, "prompt: Field required"),
         ([1, 2], 422, "the request needs a JSON object body"),
     ],
@@ -237,6 +335,22 @@ def test_bad_text2image_requests(client, body, status, message):
     response = client.post("/api/text2image", json=body)
     assert response.status_code == status
     assert message in response.json()["error"] and "\n" not in response.json()["error"]
+
+
+def test_levers_are_refused_where_they_do_not_apply(backend, jobs, image_files):
+    """post_select without a caption model is a 400; image2text has no quality levers (422)."""
+    base_only = Backend(Models(backend.models.base), backend.tokenizer, backend.args, backend.image_size)
+    assert base_only.options == {"post_select": False, "guidance_scale": True}
+    with TestClient(create_app(base_only, jobs)) as client:
+        response = client.post("/api/text2image", json={"prompt": "cat", "post_select": 2})
+    assert response.status_code == 400 and response.json() == {
+        "error": "post_select needs the caption model, and this server has none loaded (--load-caption)"
+    }
+    with TestClient(create_app(backend, jobs)) as client:
+        response = client.post("/api/image2text", files=[upload(image_files[0])], data={"post_select": "2"})
+    assert response.status_code == 422 and response.json() == {
+        "error": "post_select: Extra inputs are not permitted"
+    }
 
 
 def test_malformed_json_and_wrong_methods(client):
@@ -427,6 +541,9 @@ def test_the_api_on_cuda_scores_like_the_cpu_and_draws_pngs(tiny_cogview, client
             np.testing.assert_allclose(scores["cuda"], scores["cpu"], atol=1e-3)
             drawn = cuda_client.post("/api/text2image", json={"prompt": "一只猫", "num_images": 2, "seed": 1})
             assert [pixels(png).shape for png in drawn.json()["images"]] == [(256, 256, 3)] * 2
+            levers = {"post_select": 2, "guidance_scale": 2}
+            chosen = cuda_client.post("/api/text2image", json={"prompt": "一只猫", "num_images": 2, **levers})
+            assert len(chosen.json()["images"]) == len(chosen.json()["post_selection"]) == 2
             magnified = cuda_client.post(
                 "/api/super-resolution", files=[upload(image_files[0])], data={"prompt": "猫"}
             )

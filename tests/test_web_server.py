@@ -10,6 +10,7 @@ import base64
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -221,12 +222,17 @@ def test_the_page_in_headless_chromium(server, tmp_path):
             assert page.input_value("#prompt") == examples[0]
             page.fill("#prompt", "一只可爱的猫 a cute cat")
             page.fill("#num-images", "3")
+            assert page.is_visible("#post-select") and page.is_visible("#guidance-scale")
+            page.fill("#post-select", "2")
+            page.fill("#guidance-scale", "1.5")
             page.click("#generate")
             page.wait_for_function(
                 "document.querySelectorAll('.card:not(.pending) img').length === 3", timeout=60_000
             )
             assert page.text_content("#t2i-status").startswith("done in")
-            assert page.eval_on_selector("#t2i-progress", "bar => [bar.value, bar.max]") == [192, 192]
+            assert page.eval_on_selector("#t2i-progress", "bar => [bar.value, bar.max]") == [384, 384]
+            notes = page.eval_on_selector_all(".card-note", "notes => notes.map(note => note.textContent)")
+            assert len(notes) == 3 and all(re.match(r"kept candidate [12] of 2 · score -", n) for n in notes)
             sources = page.eval_on_selector_all(".card img", "images => images.map(image => image.src)")
             pngs = [base64.b64decode(source.split(",", 1)[1]) for source in sources]
             assert len(pngs) == 3 and all(valid_png(png) for png in pngs)

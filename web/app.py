@@ -15,6 +15,8 @@ with ``{"error": "one sentence"}``; a full queue is 429.
 """
 
 import asyncio
+import dataclasses
+import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -51,6 +53,7 @@ EXAMPLE_PROMPTS = (
 FINAL_EVENTS = ("done", "error")
 DISCONNECT_POLL_S = 0.25  # how often a waiting (non-streaming) request checks that its client is there
 MAX_CAPTIONS = 8
+MAX_GUIDANCE_SCALE = 20.0  # far beyond the useful range (a few units); bounds the request's schema
 
 
 class SamplingFields(BaseModel):
@@ -61,15 +64,19 @@ class SamplingFields(BaseModel):
     temperature: float | None = Field(default=None, gt=0, le=100)
     top_k: int | None = Field(default=None, ge=0)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
-    post_select: int = Field(default=1, ge=1, le=64)
-    guidance_scale: float = Field(default=1.0, ge=0, le=100)
 
 
 class Text2ImageRequest(SamplingFields):
-    """``POST /api/text2image``: a prompt and how many images to draw for it."""
+    """``POST /api/text2image``: a prompt, how many images to draw for it, and the quality levers.
+
+    ``post_select`` K draws K candidates per image and keeps the one the caption model scores best;
+    ``guidance_scale`` S is classifier-free guidance against the prompt without its caption. 1 = off.
+    """
 
     prompt: str
     num_images: int = Field(default=1, ge=1)
+    post_select: int = Field(default=1, ge=1)  # bounded by Limits.max_candidates with num_images
+    guidance_scale: float = Field(default=1.0, ge=0, le=MAX_GUIDANCE_SCALE)
 
 
 class Image2TextFields(SamplingFields):
@@ -190,6 +197,8 @@ def create_app(
             "limits": {
                 "max_prompt_chars": limits.max_prompt_chars,
                 "max_images": limits.max_images,
+                "max_candidates": limits.max_candidates,
+                "max_guidance_scale": MAX_GUIDANCE_SCALE,
                 "max_captions": MAX_CAPTIONS,
                 "max_upload_bytes": limits.max_upload_bytes,
                 "max_image_pixels": limits.max_image_pixels,
@@ -203,17 +212,26 @@ def create_app(
         return jobs.status()
 
     def sampling(fields: SamplingFields) -> Sampling:
-        """The request's sampling settings; a quality lever this backend lacks is refused, not ignored."""
-        for name, off in (("post_select", 1), ("guidance_scale", 1.0)):
-            if getattr(fields, name) != off and not backend.options[name]:
-                raise HTTPException(400, f"{name} is not supported by the models this server runs")
+        """The request's sampling settings (the quality levers off: only text2image has them)."""
         return Sampling(
             temperature=backend.args.temperature if fields.temperature is None else fields.temperature,
             top_k=backend.args.top_k if fields.top_k is None else fields.top_k,
             seed=fields.seed,
-            post_select=fields.post_select,
-            guidance_scale=fields.guidance_scale,
         )
+
+    def levers(body: Text2ImageRequest) -> None:
+        """Refuse a quality lever this backend lacks (rather than ignore it) and too many candidates."""
+        if body.post_select > 1 and not backend.options["post_select"]:
+            raise HTTPException(
+                400, "post_select needs the caption model, and this server has none loaded (--load-caption)"
+            )
+        candidates = body.num_images * body.post_select
+        if candidates > limits.max_candidates:
+            raise HTTPException(
+                400,
+                f"num_images × post_select is {body.num_images} × {body.post_select} = {candidates} "
+                f"candidate images; the limit is {limits.max_candidates}",
+            )
 
     def require(task: str) -> None:
         if not backend.tasks[task]:
@@ -264,12 +282,19 @@ def create_app(
         require("text2image")
         if body.num_images > limits.max_images:
             raise HTTPException(400, f"num_images is {body.num_images}; the limit is {limits.max_images}")
-        ids = checked(backend.text2image_ids, text(body.prompt, "prompt"))
-        settings = sampling(body)
+        levers(body)
+        prompt = text(body.prompt, "prompt")
+        ids = checked(backend.text2image_ids, prompt)
+        caption_ids = None
+        if body.post_select > 1:
+            caption_ids = checked(functools.partial(backend.check_caption, what="prompt"), prompt)
+        settings = dataclasses.replace(
+            sampling(body), post_select=body.post_select, guidance_scale=body.guidance_scale
+        )
 
         def work(job: Job) -> dict[str, Any]:
-            backend.text2image(ids, body.num_images, settings, job)
-            return {}
+            kept = backend.text2image(ids, body.num_images, settings, job, caption_ids)
+            return {"post_selection": kept} if kept else {}
 
         return await run(request, Job("text2image", work, asyncio.get_running_loop()), stream)
 

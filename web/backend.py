@@ -7,7 +7,11 @@ arrive as tensors decoded from the upload, so no client-supplied string ever nam
 
 Every method here runs on the worker thread that owns the models (``web.jobs``). Each reports through a
 :class:`Reporter`: ``progress(done, total)`` after every sampling step (it raises to cancel the work) and
-``image(index, png)`` as soon as an image is ready.
+``image(index, png, **details)`` as soon as an image is ready.
+
+text2image's quality levers are those of ``generate_samples.py --post-select K --guidance-scale S``:
+the query guidance runs beside and the choice among candidates come from ``generation.tasks.text2image``
+(``guidance_query``, ``select_candidates``), and guidance itself from ``filling_sequence``.
 """
 
 import argparse
@@ -15,7 +19,7 @@ import dataclasses
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 import torch
 
@@ -26,27 +30,28 @@ from data_utils.unified_tokenizer import QueryError
 from generation.filling import batch_chunks, filling_sequence
 from generation.magnify import magnify
 from generation.sampling import SamplingConfig
-from generation.scoring import inverse_prompt_score
+from generation.scoring import inverse_prompt_score, score_in_batches
 from generation.tasks.base import code_grid_side
 from generation.tasks.image2text import CAPTION_LENGTH
+from generation.tasks.text2image import guidance_query, select_candidates
 from model import GPT2Model
 from vqvae import to_pil
 
 
 class Reporter(Protocol):
-    """Where a task sends its progress and its images (``web.jobs.Job``)."""
+    """Where a task sends its progress and its images (``web.jobs.Job``); ``details`` go with the image."""
 
     def progress(self, done: int, total: int) -> None: ...
 
-    def image(self, index: int, png: bytes) -> None: ...
+    def image(self, index: int, png: bytes, **details: Any) -> None: ...
 
 
 @dataclass(frozen=True)
 class Sampling:
     """How to sample: ``temperature``, ``top_k`` (0 = off) and ``seed`` (None = a fresh random one).
 
-    ``post_select`` (candidates per kept image) and ``guidance_scale`` are the quality levers of the bundled
-    demo models; :attr:`Backend.options` says whether this backend has them (1 means off for both).
+    ``post_select`` (candidates drawn per kept image) and ``guidance_scale`` (classifier-free guidance) are
+    text2image's quality levers, 1 = off for both; :attr:`Backend.options` says which this backend has.
     """
 
     temperature: float
@@ -107,8 +112,12 @@ class Backend:
 
     @property
     def options(self) -> dict[str, bool]:
-        """Which :class:`Sampling` quality levers this backend implements (added with the demo models)."""
-        return {"post_select": False, "guidance_scale": False}
+        """Which :class:`Sampling` quality levers text2image offers here.
+
+        Post-selection scores candidates with the caption model, so it needs one loaded; guidance needs
+        only the base model (it helps only one trained with ``--caption-dropout``).
+        """
+        return {"post_select": self.models.caption is not None, "guidance_scale": True}
 
     # --- checks done before a request is queued (cheap: tokenising only) -----------------------------
 
@@ -127,11 +136,14 @@ class Backend:
         self._check_fits(len(ids), self.models.base, "prompt")
         return ids
 
-    def check_caption(self, caption: str) -> list[int]:
-        """The text ids of a post-selection caption, checked against the caption model's positions."""
+    def check_caption(self, caption: str, what: str = "caption") -> list[int]:
+        """The text ids of a caption to score images against, checked against the caption model's positions.
+
+        ``what`` names the text in the refusal (a text2image prompt, for post-select K).
+        """
         ids = self.text_ids(caption)
         length = layouts.non_text_length(layouts.IMAGE2TEXT, self.grid_side) + len(ids)
-        self._check_fits(length, self._model("caption"), "caption")
+        self._check_fits(length, self._model("caption"), what)
         return ids
 
     def check_super_resolution_prompt(self, prompt: str) -> list[int]:
@@ -143,29 +155,60 @@ class Backend:
 
     # --- the tasks (worker thread) -------------------------------------------------------------------
 
-    def text2image(self, ids: Sequence[int], count: int, sampling: Sampling, report: Reporter) -> None:
-        """Sample ``count`` images for the ``text2image_ids``; each is reported as soon as its chunk is done.
+    def text2image(
+        self,
+        ids: Sequence[int],
+        count: int,
+        sampling: Sampling,
+        report: Reporter,
+        caption_ids: Sequence[int] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Sample ``count`` images for the ``text2image_ids``; each is reported as soon as it is decided.
 
         Samples come in forwards of at most ``--max-inference-batch-size``, all drawn from one generator in
-        order, so they are the images of the text2image task at ``--batch-size count`` with the same seed.
+        order, so they are the images of the text2image task at ``--batch-size count`` (and the same
+        ``--post-select``, ``--guidance-scale``) with the same seed. With post-select K, ``count·K``
+        candidates are drawn; as soon as the K of an image are there, the caption model scores them against
+        ``caption_ids`` (the prompt's text ids, :meth:`check_caption`) and the best is reported, with
+        ``candidate`` (0-based) and ``score``. Progress counts the tokens of every candidate. Returns those
+        details of each image (an empty list without post-selection).
         """
+        k = sampling.post_select
+        if k > 1 and caption_ids is None:
+            raise ValueError("post-selection needs the caption's text ids")
         generator = self._generator(sampling)
-        chunks = batch_chunks(count, self.args.max_inference_batch_size)
-        total, done, index = count * self.num_codes, 0, 0
+        unconditional = guidance_query(self.tokenizer, ids, sampling.guidance_scale)
+        chunks = batch_chunks(count * k, self.args.max_inference_batch_size)
+        total, done = count * k * self.num_codes, 0
+        drawn: list[torch.Tensor] = []  # candidates of the images not reported yet
+        kept: list[dict[str, Any]] = []  # what post-selection kept for each image reported
+        index = 0  # of the next image
         for size in chunks:
-            samples = filling_sequence(
+            drawn += filling_sequence(
                 self.models.base,
                 ids,
                 self._sampling_args(sampling, size),
                 tokenizer=self.tokenizer,
                 generator=generator,
+                guidance_scale=sampling.guidance_scale,
+                unconditional=unconditional,
                 on_step=lambda step, _chunk_total, before=done: report.progress(before + step, total),
             )
             done += size * self.num_codes
-            for sample in samples:
-                codes = sample[-self.num_codes :]
-                report.image(index, png_bytes(self.tokenizer.img_tokenizer.DecodeIds(codes)))
+            while len(drawn) >= k:
+                group, drawn = torch.stack(drawn[:k]), drawn[k:]
+                row, details = group[0], {}
+                if k > 1:
+                    selection = select_candidates(
+                        group, caption_ids, k, self.tokenizer, self.num_codes, self._caption_scores
+                    )
+                    row = selection.kept[0]
+                    details = {"candidate": selection.picks[0], "score": selection.scores[0]}
+                    kept.append(details)
+                codes = row[-self.num_codes :]
+                report.image(index, png_bytes(self.tokenizer.img_tokenizer.DecodeIds(codes)), **details)
                 index += 1
+        return kept
 
     def image2text(self, image: torch.Tensor, count: int, sampling: Sampling, report: Reporter) -> list[str]:
         """``count`` captions of a normalised image ``[1, 3, S, S]``, 20 text tokens each (the original's)."""
@@ -221,6 +264,12 @@ class Backend:
         except InputError:
             return False
         return True
+
+    def _caption_scores(self, rows: list[list[int]]) -> torch.Tensor:
+        """Post-selection scores of image2text ``rows`` by the caption model, as the text2image task's."""
+        multiple = self.args.make_vocab_size_divisible_by
+        batch = self.args.max_inference_batch_size
+        return score_in_batches(self._model("caption"), rows, self.tokenizer, batch, multiple)
 
     def _model(self, role: str) -> GPT2Model:
         model = getattr(self.models, role)

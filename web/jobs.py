@@ -78,9 +78,10 @@ class Job:
             self._next_progress = done / max(total, 1) + PROGRESS_EVERY
             self.emit({"event": "progress", "done": done, "total": total})
 
-    def image(self, index: int, png: bytes) -> None:
-        """Report a finished image (PNG contents), sent base64-encoded."""
-        self.emit({"event": "image", "index": index, "png": base64.b64encode(png).decode("ascii")})
+    def image(self, index: int, png: bytes, **details: Any) -> None:
+        """Report a finished image (PNG contents), sent base64-encoded with ``details`` (JSON-ready)."""
+        png_text = base64.b64encode(png).decode("ascii")
+        self.emit({"event": "image", "index": index, **details, "png": png_text})
 
     def emit(self, event: dict[str, Any]) -> None:
         """Send ``event`` to the handler (thread-safe); dropped if the handler's loop has closed."""

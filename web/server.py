@@ -56,6 +56,12 @@ def web_parser() -> argparse.ArgumentParser:
         "--queue-size", type=int, default=4, help="requests that may wait (default 4); then 429"
     )
     group.add_argument("--max-images", type=int, default=8, help="images per request (default 8)")
+    group.add_argument(
+        "--max-candidates",
+        type=int,
+        default=32,
+        help="images drawn per text2image request, num_images × post_select (default 32)",
+    )
     group.add_argument("--max-prompt-chars", type=int, default=200, help="prompt characters (default 200)")
     group.add_argument("--max-upload-mb", type=float, default=8, help="MiB per uploaded image (default 8)")
     group.add_argument("--examples", type=Path, help="a UTF-8 file of example prompts, one per line")
@@ -129,9 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C; returns the exit status."""
     web, args = parse(argv)
     try:
-        if web.queue_size < 1 or web.max_images < 1 or web.max_prompt_chars < 1 or web.max_upload_mb <= 0:
+        counts = (web.queue_size, web.max_images, web.max_candidates, web.max_prompt_chars)
+        if min(counts) < 1 or web.max_upload_mb <= 0:
             raise ValueError(
-                "--queue-size, --max-images, --max-prompt-chars, --max-upload-mb must be positive"
+                "--queue-size, --max-images, --max-candidates, --max-prompt-chars, --max-upload-mb "
+                "must be positive"
             )
         examples = load_examples(web.examples)
         sock = bind(web.host, web.port)  # before the (slow) model load: a busy port fails at once
@@ -142,6 +150,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     limits = Limits(
         max_prompt_chars=web.max_prompt_chars,
         max_images=web.max_images,
+        max_candidates=web.max_candidates,
         max_upload_bytes=int(web.max_upload_mb * MIB),
     )
     jobs = JobQueue(web.queue_size)

@@ -33,6 +33,7 @@ class Limits:
 
     max_prompt_chars: int = 200
     max_images: int = 8
+    max_candidates: int = 32  # images drawn for one text2image request: num_images × post_select
     max_upload_bytes: int = 8 * MIB
     max_image_pixels: int = 25_000_000
 

@@ -7,6 +7,10 @@ images, go to ``scores.txt``, line n for input line n. A line with an unreadable
 line there; the original skipped the image silently, shifting the scores of the others.
 """
 
+from collections.abc import Sequence
+
+import torch
+
 from data_utils import layouts
 from data_utils.layouts import MASK
 from data_utils.unified_tokenizer import QueryError
@@ -16,16 +20,22 @@ from generation.tasks.base import QueryResult, Task, TaskContext
 def post_selection(ctx: TaskContext, fields: list[str]) -> QueryResult:
     """Score the images ``fields[1:]`` against the caption ``fields[0]``."""
     text, *paths = fields
+    scores = score_candidates(ctx, text, paths).tolist()
+    return QueryResult(
+        line="\t".join(f"{score:.4f}" for score in scores),
+        report=[f"{path}: {score:.4f}" for path, score in zip(paths, scores, strict=True)],
+    )
+
+
+def score_candidates(ctx: TaskContext, text: str, paths: Sequence[str]) -> torch.Tensor:
+    """Scores ``[len(paths)]`` of the images at ``paths`` against ``text`` (also used by the demo's
+    post-selection measurement, so that it measures what this task writes)."""
     text_ids = ctx.text_ids(text)
     if MASK in text_ids:
         raise QueryError("a post-selection text cannot contain [MASK]: there is nothing to generate")
     rows = [layouts.image2text(ctx.tokenizer, ctx.image_codes(path), text_ids) for path in paths]
     ctx.check_length(len(rows[0]))
-    scores = ctx.score(rows).tolist()
-    return QueryResult(
-        line="\t".join(f"{score:.4f}" for score in scores),
-        report=[f"{path}: {score:.4f}" for path, score in zip(paths, scores, strict=True)],
-    )
+    return ctx.score(rows)
 
 
 TASK = Task(

@@ -69,6 +69,14 @@ function newCard(title, prompt) {
   return card;
 }
 
+// Which candidate post-selection kept, and its score (none without post-selection).
+function noteCard(card, event, candidates) {
+  if (event.candidate === undefined) return;
+  const note = card.querySelector(".card-note");
+  note.textContent = `kept candidate ${event.candidate + 1} of ${candidates} · score ${event.score.toFixed(2)}`;
+  note.hidden = false;
+}
+
 function fillCard(card, base64) {
   const url = `data:image/png;base64,${base64}`;
   const img = card.querySelector("img");
@@ -126,7 +134,10 @@ async function generate(submit) {
       (event) => {
         if (event.event === "queued") label.textContent = `queued (${event.waiting} waiting)`;
         else if (event.event === "progress") showProgress(bar, label, event);
-        else if (event.event === "image") fillCard(cards[event.index], event.png);
+        else if (event.event === "image") {
+          fillCard(cards[event.index], event.png);
+          noteCard(cards[event.index], event, body.post_select);
+        }
         else if (event.event === "done") label.textContent = `done in ${event.seconds} s`;
       },
     );
@@ -215,13 +226,24 @@ async function start() {
   info = await response.json();
   const ready = Object.entries(info.tasks).filter(([, on]) => on).map(([task]) => task);
   $("server-line").textContent = `${ready.join(" · ")} · images ${info.image_size}² px`;
-  $("num-images").max = info.limits.max_images;
   $("prompt").maxLength = info.limits.max_prompt_chars;
   $("temperature").value = info.defaults.temperature;
   $("top-k").value = info.defaults.top_k;
-  for (const label of document.querySelectorAll(".optional")) {
-    label.hidden = !info.options[label.dataset.option];
+  for (const element of document.querySelectorAll(".optional")) {
+    element.hidden = !info.options[element.dataset.option];
   }
+  $("guidance-scale").max = info.limits.max_guidance_scale;
+  // num_images × post_select is bounded by the server: each input's maximum follows the other's value
+  const boundCandidates = () => {
+    const images = Math.max(1, numberOrNull("num-images") ?? 1);
+    const k = Math.max(1, numberOrNull("post-select") ?? 1);
+    $("post-select").max = Math.max(1, Math.floor(info.limits.max_candidates / images));
+    const imagesMax = Math.min(info.limits.max_images, Math.floor(info.limits.max_candidates / k));
+    $("num-images").max = Math.max(1, imagesMax);
+  };
+  $("num-images").addEventListener("input", boundCandidates);
+  $("post-select").addEventListener("input", boundCandidates);
+  boundCandidates();
   for (const example of info.examples) {
     const button = document.createElement("button");
     button.type = "button";
