@@ -63,6 +63,25 @@ def test_the_main_model_alone_keeps_its_manifest(runs, tmp_path):
     assert (bundle / "cogview-demo" / "latest_checkpointed_iteration.txt").read_text().strip() == "7"
 
 
+def test_sampling_defaults_go_on_the_text2image_line_and_reach_the_launcher(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, [*MAIN, "--sampling", "--top_k 30 --guidance-scale 3"])
+    expected = MAIN_MANIFEST.replace(
+        "--post-select-load cogview-demo\n", "--post-select-load cogview-demo --top_k 30 --guidance-scale 3\n"
+    )
+    assert (bundle / "models.args").read_text(encoding="utf-8") == expected
+    model = str(bundle / "cogview-demo")
+    roles = {"--load": model, "--post-select-load": model, "--top_k": "30", "--guidance-scale": "3"}
+    assert choose_model("text2image", [], tmp_path).arguments[-8:] == [
+        w for pair in roles.items() for w in pair
+    ]
+    assert "--top_k" not in choose_model("caption", [], tmp_path).arguments
+    with pytest.raises(SystemExit):
+        bundle_demo_model.parse_args(
+            [str(runs["sr"]), "--bundle", str(bundle), *SR, "--sampling", "--top_k 1"]
+        )
+
+
 @pytest.mark.parametrize("order", [("main", "sr"), ("sr", "main")])
 def test_both_orders_give_one_manifest_with_each_role(runs, tmp_path, order):
     bundle = new_bundle(tmp_path)

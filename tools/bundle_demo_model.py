@@ -58,9 +58,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="as the model was trained (super-resolution: its sequence length, required)",
     )
     parser.add_argument("--image-size", type=int, required=True, help="pixels per side of the images")
+    parser.add_argument(
+        "--sampling",
+        default="",
+        help="the main model's text2image defaults, e.g. \"--top_k 30 --guidance-scale 3\" (the launchers' "
+        "released-model settings do not suit a small demo model; a user's own arguments still come last)",
+    )
     args = parser.parse_args(argv)
     if (args.model == SUPER_RESOLUTION) != (args.max_position_embeddings_finetune is not None):
         parser.error("--max-position-embeddings-finetune goes with --model super-resolution, and only there.")
+    if args.sampling and args.model != MAIN:
+        parser.error("--sampling sets the main model's text2image defaults; it goes with --model main.")
     return args
 
 
@@ -85,13 +93,15 @@ def tokenizer_line(image_size: int) -> str:
 
 
 def main_manifest_text(args: argparse.Namespace) -> str:
-    """The main model's part of ``models.args``: its architecture and the tokenizers, then its roles."""
+    """The main model's part of ``models.args``: its architecture and the tokenizers, then its roles
+    (text2image with the ``--sampling`` defaults)."""
     folder = MODEL_FOLDERS[MAIN]
+    sampling = f" {args.sampling}" if args.sampling else ""
     return (
         "# The bundled demo GPT (scripts/train_demo.sh): one model for text2image and captions.\n"
         f"common: {architecture(args)}\n"
         f"{tokenizer_line(args.image_size)}"
-        f"text2image: --load {folder} --post-select-load {folder}\n"
+        f"text2image: --load {folder} --post-select-load {folder}{sampling}\n"
         f"caption: --load {folder}\n"
     )
 
