@@ -63,6 +63,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def model_argument_names() -> frozenset[str]:
+    """The attributes the "model configuration" options set: what may differ between two loaded models.
+
+    The web demo gives each extra model these on top of the main arguments; the tokenizer, the image size
+    and the sampling settings stay shared.
+    """
+    parser = argparse.ArgumentParser(add_help=False)
+    _add_model_args(parser)
+    return frozenset(vars(parser.parse_args([])))
+
+
 def _add_model_args(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("model", "model configuration")
     group.add_argument(

@@ -19,8 +19,10 @@ relative to the manifest's folder, so a bundle can be moved (``PRETRAINED_DIR``)
 (what ``cogview-base`` does), ``caption`` (image2text and post-selection, ``cogview-caption``) and
 ``super-resolution`` (``cogview-sr``); a role's own arguments come after ``common:``, so they may give it
 another architecture. The web demo's role ``web`` is text2image with ``--load-caption`` and ``--load-sr``
-added for the others present that share the text2image model's architecture (the web demo builds all its
-models with one set of model arguments; the notice names one left out). For example::
+added for the others present (unless the user's arguments name that folder themselves); one whose
+architecture (``ARCHITECTURE_FLAGS``) differs from the text2image model's gets it as its own model
+arguments, ``--caption-model-args=...`` or ``--sr-model-args=...``, which the web server parses on top of the
+others for that model only. For example::
 
     common: --num-layers 4 --hidden-size 256 --num-attention-heads 8 --max-position-embeddings 84
     common: --img-tokenizer-path vqvae_demo.pt --text-tokenizer-path demo_text.model --top_k 0
@@ -46,14 +48,24 @@ RELEASED_FOLDERS = {
     "caption": "cogview-caption",
     "super-resolution": "cogview-sr",
 }
-WEB_ROLES = {"caption": "--load-caption", "super-resolution": "--load-sr"}  # the web demo's extra models
+# The web demo's extra models: role → (its folder option, its model-arguments option) of web/server.py.
+WEB_ROLES = {
+    "caption": ("--load-caption", "--caption-model-args"),
+    "super-resolution": ("--load-sr", "--sr-model-args"),
+}
 ROLES = (*RELEASED_FOLDERS, "web")
 MANIFEST = Path("demo") / "models.args"
 RELEASED_VQVAE = Path("vqvae") / "vqvae_hard_biggerset_011.pt"
 TRACKER = "latest_checkpointed_iteration.txt"
-# The web demo builds every model with its one set of model arguments, so it can serve a bundled model of
-# another role only when these agree with the text2image model's.
-ARCHITECTURE_FLAGS = ("--num-layers", "--hidden-size", "--num-attention-heads", "--max-position-embeddings")
+# What a bundled model of another role passes to the web demo as its own model arguments when it differs
+# from the text2image model's.
+ARCHITECTURE_FLAGS = (
+    "--num-layers",
+    "--hidden-size",
+    "--num-attention-heads",
+    "--max-position-embeddings",
+    "--max-position-embeddings-finetune",
+)
 PATH_FLAGS = frozenset(
     {
         "--load",
@@ -149,16 +161,29 @@ def _load_value(arguments: Sequence[str]) -> str | None:
     return _flag_value(arguments, "--load")
 
 
-def _architecture(arguments: Sequence[str]) -> list[str | None]:
-    """The values of the architecture flags in ``arguments`` (None where a flag is absent)."""
-    return [_flag_value(arguments, flag) for flag in ARCHITECTURE_FLAGS]
+def _architecture(arguments: Sequence[str]) -> dict[str, str | None]:
+    """The value of each architecture flag in ``arguments`` (None where a flag is absent)."""
+    return {flag: _flag_value(arguments, flag) for flag in ARCHITECTURE_FLAGS}
+
+
+def _web_extra(
+    flags: tuple[str, str], folder: str, arguments: Sequence[str], base: Sequence[str]
+) -> list[str]:
+    """The web demo's arguments for a model of ``arguments`` in ``folder`` beside a text2image model of
+    ``base``: its folder option, and its architecture as its own model arguments if that differs."""
+    load_flag, args_flag = flags
+    architecture = _architecture(arguments)
+    if architecture == _architecture(base):
+        return [load_flag, folder]
+    own = [word for flag, value in architecture.items() if value is not None for word in (flag, value)]
+    return [load_flag, folder, f"{args_flag}={shlex.join(own)}"]
 
 
 def _is_checkpoint(folder: Path) -> bool:
     return (folder / TRACKER).is_file()
 
 
-def _released(role: str, pretrained: Path) -> ModelChoice | None:
+def _released(role: str, pretrained: Path, user_arguments: Sequence[str]) -> ModelChoice | None:
     vqvae = pretrained / RELEASED_VQVAE
     folder = pretrained / "cogview" / RELEASED_FOLDERS["text2image" if role == "web" else role]
     if not (_is_checkpoint(folder) and vqvae.is_file()):
@@ -168,13 +193,14 @@ def _released(role: str, pretrained: Path) -> ModelChoice | None:
     if role == "text2image" and _is_checkpoint(caption):
         arguments += ["--post-select-load", str(caption)]  # scores --post-select K candidates (K > 1 only)
     if role == "web":
-        for other, flag in WEB_ROLES.items():
-            if _is_checkpoint(extra := pretrained / "cogview" / RELEASED_FOLDERS[other]):
+        for other, (flag, _) in WEB_ROLES.items():
+            extra = pretrained / "cogview" / RELEASED_FOLDERS[other]
+            if _flag_value(user_arguments, flag) is None and _is_checkpoint(extra):
                 arguments += [flag, str(extra)]
     return ModelChoice("released", arguments, f"using the released CogView weights in {folder}")
 
 
-def _bundled(role: str, pretrained: Path) -> ModelChoice | None:
+def _bundled(role: str, pretrained: Path, user_arguments: Sequence[str]) -> ModelChoice | None:
     manifest = pretrained / MANIFEST
     if not manifest.is_file():
         return None
@@ -188,15 +214,15 @@ def _bundled(role: str, pretrained: Path) -> ModelChoice | None:
         f"({manifest})"
     )
     if role == "web":
-        for other, flag in WEB_ROLES.items():
+        for other, flags in WEB_ROLES.items():
             extra = entries.get(other, [])
             load = _load_value(extra)
-            if load is None or not all(path.exists() for path in _named_paths(extra)):
+            if _flag_value(user_arguments, flags[0]) is not None or load is None:
                 continue
-            if _architecture(extra) != _architecture(own):
-                notice += f"; its {other} model has another architecture, so the web demo goes without it"
-                continue
-            arguments += [flag, load]
+            if all(path.exists() for path in _named_paths(extra)):
+                arguments += (added := _web_extra(flags, load, extra, own))
+                if len(added) > 2:
+                    notice += f"; its {other} model with its own architecture ({flags[1]})"
     return ModelChoice("bundled", arguments, notice)
 
 
@@ -218,7 +244,7 @@ def choose_model(
         return ModelChoice("given", given_vqvae, None)
     if checkpoint:
         return ModelChoice("given", ["--load", checkpoint, *given_vqvae], None)
-    choice = _released(role, pretrained) or _bundled(role, pretrained)
+    choice = _released(role, pretrained, user_arguments) or _bundled(role, pretrained, user_arguments)
     if choice is not None:
         extra = ["--img-tokenizer-path", vqvae] if vqvae else []
         return ModelChoice(choice.source, [*choice.arguments, *extra], choice.notice)

@@ -104,7 +104,7 @@ def test_the_super_resolution_model_alone_names_the_tokenizers(runs, tmp_path):
     assert choose_model("super-resolution", [], tmp_path).source == "bundled"
 
 
-def test_the_launchers_read_each_role_and_the_web_demo_leaves_out_another_architecture(runs, tmp_path):
+def test_the_launchers_read_each_role_and_the_web_demo_gives_sr_its_own_architecture(runs, tmp_path):
     bundle = new_bundle(tmp_path)
     run_tool(runs["main"], bundle, MAIN)
     run_tool(runs["sr"], bundle, SR)
@@ -115,28 +115,40 @@ def test_the_launchers_read_each_role_and_the_web_demo_leaves_out_another_archit
     model = str(bundle / "cogview-demo")
     assert main.arguments == [*main_architecture, *tokenizers, "--load", model, "--post-select-load", model]
     sr = choose_model("super-resolution", [], tmp_path)
+    sr_architecture = [*MAIN_ARCHITECTURE, "--max-position-embeddings", "72"]
+    sr_architecture += ["--max-position-embeddings-finetune", "104"]
     assert sr.arguments == [
         *main_architecture,
         *tokenizers,
-        *MAIN_ARCHITECTURE,
-        *("--max-position-embeddings", "72", "--max-position-embeddings-finetune", "104"),
+        *sr_architecture,
         *("--load", str(bundle / "cogview-demo-sr")),
     ]  # its own architecture after common's: argparse keeps the last value
     web = choose_model("web", [], tmp_path)
-    assert web.arguments == [*main.arguments, "--load-caption", model]
-    assert web.notice.endswith(
-        "; its super-resolution model has another architecture, so the web demo goes without it"
-    )
+    assert web.arguments == [
+        *main.arguments,
+        *("--load-caption", model, "--load-sr", str(bundle / "cogview-demo-sr")),
+        "--sr-model-args=" + " ".join(sr_architecture),
+    ]
+    assert web.notice.endswith("; its super-resolution model with its own architecture (--sr-model-args)")
+    assert "goes without" not in web.notice
+    folder = str(tmp_path / "mine")
+    mine = choose_model("web", ["--load-sr", folder], tmp_path)  # the user's SR model, not the bundle's
+    assert mine.arguments == [*main.arguments, "--load-caption", model]
 
 
-def test_the_web_demo_gets_a_super_resolution_model_of_the_same_architecture(runs, tmp_path):
+def test_a_super_resolution_model_of_the_same_layers_still_brings_its_finetune_length(runs, tmp_path):
     bundle = new_bundle(tmp_path)
     run_tool(runs["main"], bundle, MAIN)
     same = [*SR[: SR.index("72")], "96", *SR[SR.index("72") + 1 :]]
     run_tool(runs["sr"], bundle, same)
     web = choose_model("web", [], tmp_path)
-    assert web.arguments[-2:] == ["--load-sr", str(bundle / "cogview-demo-sr")]
-    assert "goes without" not in web.notice
+    assert web.arguments[-3:] == [
+        "--load-sr",
+        str(bundle / "cogview-demo-sr"),
+        "--sr-model-args="
+        + " ".join([*MAIN_ARCHITECTURE, "--max-position-embeddings", "96"])
+        + " --max-position-embeddings-finetune 104",
+    ]  # the launchers' 1345 is not the SR model's
 
 
 def test_the_finetune_length_belongs_to_the_super_resolution_model(runs, tmp_path, capsys):

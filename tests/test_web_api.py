@@ -22,15 +22,24 @@ from PIL import Image
 from arguments import get_args
 from data_utils import UnifiedTokenizer, unified_tokenizer
 from generation.tasks import TASKS, TaskContext
+from model import GPT2Model
+from model.checkpoint import save_checkpoint
+from model.partition import padded_vocab_size
 from tests.helpers.tiny_cogview import tiny_cogview_argv
 from web.app import create_app
-from web.backend import Backend, Models, Sampling
+from web.backend import Backend, Models, Sampling, positions_of
 from web.jobs import Cancelled, Job, JobQueue
-from web.server import load_backend, web_parser
+from web.server import extra_model_args, load_backend, main, web_parser
 from web.uploads import Limits
 
 SEED = 11
 TOP_K = 20
+# A super-resolution model unlike the tiny CogView (2 layers × 32, 96 positions, finetune 128).
+SR_LAYERS, SR_HIDDEN, SR_POSITIONS, SR_FINETUNE = 1, 16, 72, 120
+SR_MODEL_ARGS = (
+    f"--num-layers {SR_LAYERS} --hidden-size {SR_HIDDEN} --max-position-embeddings {SR_POSITIONS} "
+    f"--max-position-embeddings-finetune {SR_FINETUNE}"
+)
 
 pytestmark = pytest.mark.usefixtures("one_thread_per_module")
 
@@ -75,18 +84,19 @@ def image_files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 
 
 def reference_context(
-    backend, batch_size: int, post_select: int = 1, guidance_scale: float = 1.0
+    backend, batch_size: int, post_select: int = 1, guidance_scale: float = 1.0, role: str = "base"
 ) -> TaskContext:
-    """A task context on the same model with the command line's settings: the reference for the API.
+    """A task context on the model of ``role`` with the command line's settings: the reference for the API.
 
     Its post-selection scores with the same model: the tiny one plays every role here.
     """
     args = get_args(
         ["--batch-size", str(batch_size), "--max-inference-batch-size", "1", "--top_k", str(TOP_K)]
     )
-    args.max_position_embeddings_finetune = backend.args.max_position_embeddings_finetune
+    own = backend.models.args.get(role, backend.args)
+    args.max_position_embeddings_finetune = own.max_position_embeddings_finetune
     ctx = TaskContext(
-        backend.models.base,
+        getattr(backend.models, role),
         backend.tokenizer,
         args,
         image_size=backend.image_size,
@@ -281,6 +291,111 @@ def test_super_resolution_equals_the_super_resolution_task(client, backend, imag
     expected = TASKS["super-resolution"].run(reference_context(backend, 1), [prompt, str(image_files[1])])
     np.testing.assert_array_equal(pixels(image), as_pixels(expected.samples[0]))
     assert pixels(image).shape == (512, 512, 3)
+
+
+@pytest.fixture(scope="module")
+def sr_checkpoint(backend, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random super-resolution GPT of ``SR_MODEL_ARGS`` over the tiny CogView's vocabulary."""
+    torch.manual_seed(5)
+    model = GPT2Model(
+        num_layers=SR_LAYERS,
+        vocab_size=padded_vocab_size(backend.tokenizer.num_tokens, 1),
+        hidden_size=SR_HIDDEN,
+        num_attention_heads=2,
+        embedding_dropout_prob=0.0,
+        attention_dropout_prob=0.0,
+        output_dropout_prob=0.0,
+        max_sequence_length=SR_POSITIONS,
+        max_memory_length=0,
+        checkpoint_activations=False,
+    )
+    folder = tmp_path_factory.mktemp("sr_model") / "checkpoint"
+    save_checkpoint(model, folder, 1)
+    return folder
+
+
+def serve(tiny_cogview: dict, *web_argv: str) -> Backend:
+    """``load_backend`` of the tiny CogView's arguments and ``web_argv``, as ``web.server.main`` calls it."""
+    argv = model_argv(tiny_cogview)
+    web, args = web_parser().parse_args(list(web_argv)), get_args(argv)
+    original = unified_tokenizer._TOKENIZER
+    try:
+        return load_backend(web, args, extra_model_args(web, argv, args))
+    finally:
+        unified_tokenizer._TOKENIZER = original
+
+
+def test_a_super_resolution_model_of_its_own_architecture(tiny_cogview, sr_checkpoint, jobs, image_files):
+    """``--sr-model-args``: the SR model is built and length-checked with its own arguments only."""
+    base = str(tiny_cogview["checkpoint"])
+    backend = serve(
+        tiny_cogview,
+        "--load-caption",
+        base,
+        "--load-sr",
+        str(sr_checkpoint),
+        "--sr-model-args",
+        SR_MODEL_ARGS,
+    )
+    sr = backend.models.super_resolution
+    assert positions_of(sr) == SR_POSITIONS and positions_of(backend.models.base) == 96
+    assert len(sr.transformer.layers) == SR_LAYERS and sr.word_embeddings.weight.shape[1] == SR_HIDDEN
+    assert backend.models.caption is backend.models.base, "one folder, one architecture: loaded once"
+    assert backend.args.max_position_embeddings_finetune == 128
+    prompt = "一只猫"
+    with TestClient(create_app(backend, jobs)) as client:
+        assert client.get("/api/info").json()["tasks"]["super-resolution"] is True
+        response = client.post(
+            "/api/super-resolution",
+            files=[upload(image_files[1])],
+            data={"prompt": prompt, "seed": str(SEED)},
+        )
+        assert response.status_code == 200, response.text
+        (image,) = response.json()["images"]
+        context = reference_context(backend, 1, role="super_resolution")
+        expected = TASKS["super-resolution"].run(context, [prompt, str(image_files[1])])
+        np.testing.assert_array_equal(pixels(image), as_pixels(expected.samples[0]))
+        assert pixels(image).shape == (512, 512, 3)
+        base_sr = TASKS["super-resolution"].run(reference_context(backend, 1), [prompt, str(image_files[1])])
+        assert not np.array_equal(pixels(image), as_pixels(base_sr.samples[0])), "not the base model's"
+        long = client.post(
+            "/api/super-resolution", files=[upload(image_files[1])], data={"prompt": "猫 " * 60}
+        )
+    assert long.status_code == 400
+    assert f"but the model takes at most {SR_FINETUNE};" in long.json()["error"], "the SR model's length"
+
+
+def test_the_same_folder_and_architecture_for_several_roles_is_loaded_once(tiny_cogview):
+    base = str(tiny_cogview["checkpoint"])
+    backend = serve(tiny_cogview, "--load-sr", base, "--sr-model-args", "--num-layers 2 --hidden-size=32")
+    assert backend.models.super_resolution is backend.models.base
+
+
+@pytest.mark.parametrize(
+    ("model_args", "message"),
+    [
+        ("--bogus 3", "--sr-model-args: unrecognized arguments: --bogus 3"),
+        ("--num-layers two", "--sr-model-args: argument --num-layers: invalid int value: 'two'"),
+        ("--image-size 128", "--sr-model-args: --image-size cannot differ between the models (they share"),
+        ("--img-tokenizer-path=/elsewhere.pt", "--sr-model-args: --img-tokenizer-path cannot differ"),
+        ("--text-tokenizer-path x.model", "--sr-model-args: --text-tokenizer-path cannot differ"),
+        ("--top_k 3", "--sr-model-args: --top_k cannot differ"),
+        ("'--num-layers 1", "--sr-model-args: No closing quotation: "),
+    ],
+)
+def test_bad_model_args_are_one_line(tiny_cogview, tmp_path, capsys, model_args, message):
+    argv = ["--load-sr", str(tmp_path / "unread"), f"--sr-model-args={model_args}", "--port", "0"]
+    assert main([*argv, *model_argv(tiny_cogview)]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith(f"web_demo: {message}") and captured.err.count("\n") == 1, captured.err
+    assert captured.out == ""
+
+
+def test_model_args_without_their_model_are_refused(tiny_cogview, capsys):
+    assert main(["--caption-model-args", "--num-layers 1", *model_argv(tiny_cogview)]) == 2
+    assert capsys.readouterr().err == (
+        "web_demo: --caption-model-args describes the model of --load-caption, which is not given\n"
+    )
 
 
 def test_client_text_is_never_the_query_language(client, backend, monkeypatch):

@@ -17,8 +17,8 @@ the query guidance runs beside and the choice among candidates come from ``gener
 import argparse
 import dataclasses
 import io
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
@@ -63,11 +63,17 @@ class Sampling:
 
 @dataclass(frozen=True)
 class Models:
-    """One loaded copy of each model; a role whose model is not loaded is None (its endpoint says so)."""
+    """One loaded copy of each model; a role whose model is not loaded is None (its endpoint says so).
+
+    ``args``: the model arguments of an extra model (``caption``, ``super_resolution``) built with its own
+    (``web.server``'s ``--caption-model-args``, ``--sr-model-args``); a role not named here was built with
+    the backend's arguments.
+    """
 
     base: GPT2Model
     caption: GPT2Model | None = None
     super_resolution: GPT2Model | None = None
+    args: Mapping[str, argparse.Namespace] = field(default_factory=dict)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -236,7 +242,7 @@ class Backend:
         scores: list[float] = []
         for start in range(0, len(rows), step):
             batch = rows[start : start + step]
-            multiple = self.args.make_vocab_size_divisible_by
+            multiple = self._args("caption").make_vocab_size_divisible_by
             scores += inverse_prompt_score(model, batch, self.tokenizer, multiple).tolist()
             report.progress(len(scores), len(rows))
         return scores
@@ -267,7 +273,7 @@ class Backend:
 
     def _caption_scores(self, rows: list[list[int]]) -> torch.Tensor:
         """Post-selection scores of image2text ``rows`` by the caption model, as the text2image task's."""
-        multiple = self.args.make_vocab_size_divisible_by
+        multiple = self._args("caption").make_vocab_size_divisible_by
         batch = self.args.max_inference_batch_size
         return score_in_batches(self._model("caption"), rows, self.tokenizer, batch, multiple)
 
@@ -277,6 +283,10 @@ class Backend:
             raise QueryError(f"this server has no {role.replace('_', '-')} model loaded")
         return model
 
+    def _args(self, role: str) -> argparse.Namespace:
+        """The model arguments ``role``'s model was built with."""
+        return self.models.args.get(role, self.args)
+
     def _encode(self, image: torch.Tensor) -> torch.Tensor:
         """A normalised image ``[1, 3, S, S]`` → its codes ``[S/f * S/f]`` on the CPU."""
         return self.tokenizer(image.to(self.tokenizer.device))[0].cpu()
@@ -284,7 +294,7 @@ class Backend:
     def _check_fits(self, length: int, model: GPT2Model, what: str, finetune: bool = False) -> None:
         limit = positions_of(model)
         if finetune:  # super-resolution windows restart their positions after [ROI2]
-            limit = max(limit, self.args.max_position_embeddings_finetune)
+            limit = max(limit, self._args("super_resolution").max_position_embeddings_finetune)
         if length > limit:
             raise QueryError(
                 f"the {what} makes a sequence of {length} tokens but the model takes at most {limit}; "

@@ -2,21 +2,28 @@
 
 The model arguments are ``generate_samples.py``'s (``--load``, ``--img-tokenizer-path``, the sizes,
 ``--device``, ``--fp16`` ...): ``--load`` is the text → image model; ``--load-caption`` (image2text and
-post-selection) and ``--load-sr`` (super-resolution) are optional, and a folder given for several roles is
-loaded once. The web arguments below come first in ``--help``. It binds to 127.0.0.1 unless ``--host``
+post-selection) and ``--load-sr`` (super-resolution) are optional. Each extra model is built with those
+arguments, or with its own architecture: ``--caption-model-args`` and ``--sr-model-args`` take model
+arguments (``--num-layers``, ``--hidden-size``, ``--max-position-embeddings-finetune`` ...) parsed on top of
+the others for that model only; the tokenizer, the image size and the sampling settings stay shared. A
+folder given for several roles with the same architecture is loaded once. The web arguments below come
+first in ``--help``. It binds to 127.0.0.1 unless ``--host``
 says otherwise, prints the URL, and stops on Ctrl-C. Exit status 2: it could not start (one line says why).
 """
 
 import argparse
+import contextlib
+import io
 import logging
+import shlex
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import uvicorn
 
-from arguments import get_args
+from arguments import get_args, model_argument_names
 from generation.runtime import (
     build_model,
     build_tokenizer,
@@ -33,6 +40,11 @@ from web.jobs import JobQueue
 from web.uploads import MIB, Limits
 
 DEFAULT_PORT = 7860
+# The extra models: Models field → (its folder option, its model-arguments option).
+EXTRA_MODELS = {
+    "caption": ("--load-caption", "--caption-model-args"),
+    "super_resolution": ("--load-sr", "--sr-model-args"),
+}
 
 
 def web_parser() -> argparse.ArgumentParser:
@@ -52,6 +64,13 @@ def web_parser() -> argparse.ArgumentParser:
     )
     group.add_argument("--load-caption", help="caption model folder (image2text, post-selection)")
     group.add_argument("--load-sr", help="super-resolution model folder")
+    for flag, model in (("--caption-model-args", "caption"), ("--sr-model-args", "super-resolution")):
+        group.add_argument(
+            flag,
+            metavar="ARGS",
+            help=f"the {model} model's own architecture, model arguments on top of the others, "
+            f'e.g. {flag}="--num-layers 4 --hidden-size 128" (default: the same as --load\'s)',
+        )
     group.add_argument(
         "--queue-size", type=int, default=4, help="requests that may wait (default 4); then 429"
     )
@@ -68,13 +87,76 @@ def web_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, argparse.Namespace]:
-    """(web options, generation arguments) from the command line; ``-h`` shows both."""
+def parse(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    """(web options, the generation arguments as given) from the command line; ``-h`` shows both."""
     argv = list(sys.argv[1:] if argv is None else argv)
     web, rest = web_parser().parse_known_args(argv)
     if "-h" in rest or "--help" in rest:
         web_parser().print_help()
-    return web, get_args(rest)
+    return web, rest
+
+
+def extra_model_args(
+    web: argparse.Namespace, model_argv: Sequence[str], args: argparse.Namespace
+) -> dict[str, argparse.Namespace]:
+    """The arguments of each extra model given its own (``--sr-model-args``...), by ``Models`` field.
+
+    They are ``get_args`` of the generation arguments ``model_argv`` (``args`` parsed) with the role's
+    model arguments after them, so the last value wins as on any command line. Only the model
+    configuration may change: the tokenizer, the image size and the sampling settings are shared.
+    """
+    own = {}
+    for role, (load_flag, flag) in EXTRA_MODELS.items():
+        text = _option_value(web, flag)
+        if text is None:
+            continue
+        if _option_value(web, load_flag) is None:
+            raise ValueError(f"{flag} describes the model of {load_flag}, which is not given")
+        own[role] = _args_on_top(flag, text, model_argv, args)
+    return own
+
+
+def _option_value(web: argparse.Namespace, flag: str) -> str | None:
+    """What the web option ``flag`` was given (None: not given)."""
+    return vars(web)[flag.removeprefix("--").replace("-", "_")]
+
+
+def _args_on_top(
+    flag: str, text: str, model_argv: Sequence[str], args: argparse.Namespace
+) -> argparse.Namespace:
+    """``get_args(model_argv + text)``, refused in one line if it fails or changes a shared setting."""
+    try:
+        extra = shlex.split(text)
+    except ValueError as error:
+        raise ValueError(f"{flag}: {error}: {text!r}") from None
+    said = io.StringIO()  # argparse's usage and error lines, made into one
+    try:
+        with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
+            own = get_args([*model_argv, *extra])
+    except SystemExit:
+        lines = said.getvalue().strip().splitlines()
+        reason = lines[-1].partition("error: ")[2] if lines else ""
+        raise ValueError(f"{flag}: {reason or f'cannot read {text!r} as model arguments'}") from None
+    sys.stderr.write(said.getvalue())
+    model = model_argument_names()
+    shared = [name for name, value in vars(own).items() if name not in model and value != vars(args)[name]]
+    if shared:
+        raise ValueError(
+            f"{flag}: {_option_of(shared[0], extra)} cannot differ between the models (they share the "
+            "tokenizer, the image size and the sampling settings); give it model arguments only, such as "
+            "--num-layers, --hidden-size, --num-attention-heads, --max-position-embeddings, "
+            "--max-position-embeddings-finetune"
+        )
+    return own
+
+
+def _option_of(name: str, words: Sequence[str]) -> str:
+    """The option among ``words`` that sets the attribute ``name`` (``--image-size`` for ``image_size``)."""
+    for word in words:
+        option = word.partition("=")[0]
+        if option.startswith("--") and option[2:].replace("-", "_") == name:
+            return option
+    return f"--{name.replace('_', '-')}"
 
 
 def load_examples(path: Path | None) -> tuple[str, ...]:
@@ -88,32 +170,45 @@ def load_examples(path: Path | None) -> tuple[str, ...]:
     return tuple(line.strip() for line in lines if line.strip()) or EXAMPLE_PROMPTS
 
 
-def load_backend(web: argparse.Namespace, args: argparse.Namespace) -> Backend:
-    """Check every weight file, then load the tokenizer and each model folder once."""
+def load_backend(
+    web: argparse.Namespace,
+    args: argparse.Namespace,
+    own_args: Mapping[str, argparse.Namespace] | None = None,
+) -> Backend:
+    """Check every weight file, then load the tokenizer and each model once per folder and architecture.
+
+    ``own_args``: the arguments of the extra models given their own (:func:`extra_model_args`); the
+    others are built with ``args``.
+    """
     check_weights(args)
-    for flag, folder in (("--load-caption", web.load_caption), ("--load-sr", web.load_sr)):
+    folders = {role: _option_value(web, flag) for role, (flag, _) in EXTRA_MODELS.items()}
+    for role, folder in folders.items():
         if folder is not None:
             try:
                 read_tracker(folder)
             except CheckpointNotFoundError as error:
-                raise FileNotFoundError(f"{flag}: {error}") from None
+                raise FileNotFoundError(f"{EXTRA_MODELS[role][0]}: {error}") from None
     device = init_device(args)
     set_random_seed(args.seed, device)
     tokenizer = build_tokenizer(args, device)
     code_grid_side(tokenizer, args.image_size)  # fail before the (slow) model load
+    architecture = sorted(model_argument_names())
     loaded = {}
 
-    def model(folder: str | None):
+    def model(folder: str | None, model_args: argparse.Namespace):
         if folder is None:
             return None
-        key = str(Path(folder).resolve())
+        key = (str(Path(folder).resolve()), *(getattr(model_args, name) for name in architecture))
         if key not in loaded:
             print(f"web_demo: loading {folder}", file=sys.stderr)
-            role_args = argparse.Namespace(**{**vars(args), "load": folder})
-            loaded[key] = build_model(role_args, tokenizer.num_tokens, device, model_dtype(args))
+            loaded[key] = build_model(
+                model_args, tokenizer.num_tokens, device, model_dtype(args), load=folder
+            )
         return loaded[key]
 
-    models = Models(model(args.load), caption=model(web.load_caption), super_resolution=model(web.load_sr))
+    role_args = {role: (own_args or {}).get(role, args) for role in EXTRA_MODELS}
+    extras = {role: model(folder, role_args[role]) for role, folder in folders.items()}
+    models = Models(model(args.load, args), **extras, args=role_args)
     return Backend(models, tokenizer, args, args.image_size)
 
 
@@ -133,7 +228,8 @@ def bind(host: str, port: int) -> socket.socket:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Serve until Ctrl-C; returns the exit status."""
-    web, args = parse(argv)
+    web, model_argv = parse(argv)
+    args = get_args(model_argv)
     try:
         counts = (web.queue_size, web.max_images, web.max_candidates, web.max_prompt_chars)
         if min(counts) < 1 or web.max_upload_mb <= 0:
@@ -142,8 +238,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "must be positive"
             )
         examples = load_examples(web.examples)
+        own_args = extra_model_args(web, model_argv, args)
         sock = bind(web.host, web.port)  # before the (slow) model load: a busy port fails at once
-        backend = load_backend(web, args)
+        backend = load_backend(web, args, own_args)
     except (FileNotFoundError, ValueError, OSError) as error:
         print(f"web_demo: {error}", file=sys.stderr)
         return 2
