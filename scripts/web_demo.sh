@@ -3,12 +3,14 @@
 # Which models it serves, the first that applies:
 #   1. --load DIR (or CHECKPOINT_PATH=DIR) given: that model, with the released architecture unless the
 #      arguments say otherwise (--num-layers ...), --img-tokenizer-path (or IMG_TOKENIZER_PATH);
-#      --load-caption DIR and --load-sr DIR add image2text/post-selection and super-resolution;
+#      --load-caption DIR and --load-sr DIR add image2text/post-selection and super-resolution, and
+#      --caption-model-args="..." / --sr-model-args="..." give one of them its own architecture (model
+#      arguments such as --num-layers 4 --hidden-size 128, parsed on top of the others for it only);
 #   2. the released weights in pretrained/cogview/ and pretrained/vqvae/ (cogview-caption and cogview-sr
 #      are used when present);
 #   3. the bundled demo models of pretrained/demo/models.args (text2image, with its caption and
-#      super-resolution models when listed and of the text2image model's architecture: the server builds
-#      every model with one set of model arguments; the bundled super-resolution model is smaller);
+#      super-resolution models when listed; the smaller bundled super-resolution model comes with its own
+#      architecture, --sr-model-args);
 #   otherwise it stops with one line saying what is missing. The choice is common/model_sources.py's,
 #   the same as the other launchers'.
 # Web options: --host (default 127.0.0.1; another address exposes the demo to the network), --port
