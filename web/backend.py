@@ -65,9 +65,9 @@ class Sampling:
 class Models:
     """One loaded copy of each model; a role whose model is not loaded is None (its endpoint says so).
 
-    ``args``: the model arguments of an extra model (``caption``, ``super_resolution``) built with its own
-    (``web.server``'s ``--caption-model-args``, ``--sr-model-args``); a role not named here was built with
-    the backend's arguments.
+    ``args``: the model arguments each extra model (``caption``, ``super_resolution``) was built with, its
+    own where ``web.server`` was given ``--caption-model-args`` or ``--sr-model-args``; a role not named
+    here was built with the backend's arguments.
     """
 
     base: GPT2Model

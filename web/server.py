@@ -7,8 +7,8 @@ arguments, or with its own architecture: ``--caption-model-args`` and ``--sr-mod
 arguments (``--num-layers``, ``--hidden-size``, ``--max-position-embeddings-finetune`` ...) parsed on top of
 the others for that model only; the tokenizer, the image size and the sampling settings stay shared. A
 folder given for several roles with the same architecture is loaded once. The web arguments below come
-first in ``--help``. It binds to 127.0.0.1 unless ``--host``
-says otherwise, prints the URL, and stops on Ctrl-C. Exit status 2: it could not start (one line says why).
+first in ``--help``. It binds to 127.0.0.1 unless ``--host`` says otherwise, prints the URL, and stops on
+Ctrl-C. Exit status 2: it could not start (one line says why).
 """
 
 import argparse
