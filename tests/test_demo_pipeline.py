@@ -123,6 +123,10 @@ def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
         in manifest
     )
     assert "caption: --load cogview-demo" in manifest
+    assert (
+        "text2image: --load cogview-demo --post-select-load cogview-demo "
+        "--top_k 30 --guidance-scale 3 --post-select 8" in manifest
+    )
 
 
 def test_super_resolution_rows_match_an_independent_encoding(finished):
