@@ -5,6 +5,7 @@ images out), so the API's own way of building sequences from ids and uploads is 
 command line's query language.
 """
 
+import argparse
 import asyncio
 import base64
 import io
@@ -210,6 +211,22 @@ def test_text2image_post_select_equals_the_text2image_task(client, backend):
     drawn = client.post("/api/text2image", json={**body, "num_images": 6, "post_select": 1}).json()
     assert "post_selection" not in drawn
     assert result["images"] == [drawn["images"][3 * group + pick] for group, pick in enumerate(picks)]
+
+
+def test_text2image_levers_default_to_the_server_s_own(backend, jobs):
+    """A request that leaves the levers out gets the server's --post-select / --guidance-scale (the
+    bundled demo model's manifest defaults), shown in /api/info; an explicit 1 still turns them off."""
+    args = argparse.Namespace(**{**vars(backend.args), "post_select": 3, "guidance_scale": 2.0})
+    served = Backend(backend.models, backend.tokenizer, args, backend.image_size)
+    body = {"prompt": "一只可爱的猫", "num_images": 1, "seed": SEED}
+    with TestClient(create_app(served, jobs)) as client:
+        defaults = client.get("/api/info").json()["defaults"]
+        assert (defaults["post_select"], defaults["guidance_scale"]) == (3, 2.0)
+        implicit = client.post("/api/text2image", json=body).json()
+        explicit = client.post("/api/text2image", json={**body, "post_select": 3, "guidance_scale": 2}).json()
+        off = client.post("/api/text2image", json={**body, "post_select": 1, "guidance_scale": 1}).json()
+    assert implicit["images"] == explicit["images"] and len(implicit["post_selection"]) == 1
+    assert "post_selection" not in off and off["images"] != implicit["images"]
 
 
 def test_text2image_guidance_equals_the_text2image_task(client, backend):

@@ -71,12 +71,14 @@ class Text2ImageRequest(SamplingFields):
 
     ``post_select`` K draws K candidates per image and keeps the one the caption model scores best;
     ``guidance_scale`` S is classifier-free guidance against the prompt without its caption. 1 = off.
+    Left out, each is the server's own (its ``--post-select`` / ``--guidance-scale``, e.g. the bundled demo
+    model's manifest defaults), as the command line would use.
     """
 
     prompt: str
     num_images: int = Field(default=1, ge=1)
-    post_select: int = Field(default=1, ge=1)  # bounded by Limits.max_candidates with num_images
-    guidance_scale: float = Field(default=1.0, ge=0, le=MAX_GUIDANCE_SCALE)
+    post_select: int | None = Field(default=None, ge=1)  # bounded by Limits.max_candidates with num_images
+    guidance_scale: float | None = Field(default=None, ge=0, le=MAX_GUIDANCE_SCALE)
 
 
 class Image2TextFields(SamplingFields):
@@ -193,6 +195,7 @@ def create_app(
                 "temperature": backend.args.temperature,
                 "top_k": backend.args.top_k,
                 "num_images": 1,
+                **lever_defaults(),
             },
             "limits": {
                 "max_prompt_chars": limits.max_prompt_chars,
@@ -218,6 +221,16 @@ def create_app(
             top_k=backend.args.top_k if fields.top_k is None else fields.top_k,
             seed=fields.seed,
         )
+
+    def lever_defaults() -> dict[str, Any]:
+        """The server's post-select K (1 without a caption model to score) and guidance scale."""
+        post_select = getattr(backend.args, "post_select", 1) if backend.options["post_select"] else 1
+        return {"post_select": post_select, "guidance_scale": getattr(backend.args, "guidance_scale", 1.0)}
+
+    def with_lever_defaults(body: Text2ImageRequest) -> Text2ImageRequest:
+        """The request with the levers it left out set to the server's defaults."""
+        unset = {name: value for name, value in lever_defaults().items() if getattr(body, name) is None}
+        return body.model_copy(update=unset)
 
     def levers(body: Text2ImageRequest) -> None:
         """Refuse a quality lever this backend lacks (rather than ignore it) and too many candidates."""
@@ -282,6 +295,7 @@ def create_app(
         require("text2image")
         if body.num_images > limits.max_images:
             raise HTTPException(400, f"num_images is {body.num_images}; the limit is {limits.max_images}")
+        body = with_lever_defaults(body)
         levers(body)
         prompt = text(body.prompt, "prompt")
         ids = checked(backend.text2image_ids, prompt)

@@ -229,6 +229,8 @@ async function start() {
   $("prompt").maxLength = info.limits.max_prompt_chars;
   $("temperature").value = info.defaults.temperature;
   $("top-k").value = info.defaults.top_k;
+  $("post-select").value = info.defaults.post_select;
+  $("guidance-scale").value = info.defaults.guidance_scale;
   for (const element of document.querySelectorAll(".optional")) {
     element.hidden = !info.options[element.dataset.option];
   }
