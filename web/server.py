@@ -24,6 +24,8 @@ from pathlib import Path
 import uvicorn
 
 from arguments import get_args, model_argument_names
+from common.errors import InputError, MissingInputError
+from common.model_sources import WEB_ROLES
 from generation.runtime import (
     build_model,
     build_tokenizer,
@@ -40,11 +42,9 @@ from web.jobs import JobQueue
 from web.uploads import MIB, Limits
 
 DEFAULT_PORT = 7860
-# The extra models: Models field → (its folder option, its model-arguments option).
-EXTRA_MODELS = {
-    "caption": ("--load-caption", "--caption-model-args"),
-    "super_resolution": ("--load-sr", "--sr-model-args"),
-}
+# The extra models: Models field → (its folder option, its model-arguments option), as the launchers'
+# model choice (common.model_sources) passes them.
+EXTRA_MODELS = {role.replace("-", "_"): flags for role, flags in WEB_ROLES.items()}
 
 
 def web_parser() -> argparse.ArgumentParser:
@@ -111,7 +111,7 @@ def extra_model_args(
         if text is None:
             continue
         if _option_value(web, load_flag) is None:
-            raise ValueError(f"{flag} describes the model of {load_flag}, which is not given")
+            raise InputError(f"{flag} describes the model of {load_flag}, which is not given")
         own[role] = _args_on_top(flag, text, model_argv, args)
     return own
 
@@ -128,7 +128,7 @@ def _args_on_top(
     try:
         extra = shlex.split(text)
     except ValueError as error:
-        raise ValueError(f"{flag}: {error}: {text!r}") from None
+        raise InputError(f"{flag}: {error}: {text!r}") from None
     said = io.StringIO()  # argparse's usage and error lines, made into one
     try:
         with contextlib.redirect_stderr(said), contextlib.redirect_stdout(said):
@@ -136,12 +136,12 @@ def _args_on_top(
     except SystemExit:
         lines = said.getvalue().strip().splitlines()
         reason = lines[-1].partition("error: ")[2] if lines else ""
-        raise ValueError(f"{flag}: {reason or f'cannot read {text!r} as model arguments'}") from None
+        raise InputError(f"{flag}: {reason or f'cannot read {text!r} as model arguments'}") from None
     sys.stderr.write(said.getvalue())
     model = model_argument_names()
     shared = [name for name, value in vars(own).items() if name not in model and value != vars(args)[name]]
     if shared:
-        raise ValueError(
+        raise InputError(
             f"{flag}: {_option_of(shared[0], extra)} cannot differ between the models (they share the "
             "tokenizer, the image size and the sampling settings); give it model arguments only, such as "
             "--num-layers, --hidden-size, --num-attention-heads, --max-position-embeddings, "
@@ -166,7 +166,7 @@ def load_examples(path: Path | None) -> tuple[str, ...]:
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as error:
-        raise ValueError(f"cannot read the example prompts {path}: {error}") from error
+        raise InputError(f"cannot read the example prompts {path}: {error}") from error
     return tuple(line.strip() for line in lines if line.strip()) or EXAMPLE_PROMPTS
 
 
@@ -187,7 +187,7 @@ def load_backend(
             try:
                 read_tracker(folder)
             except CheckpointNotFoundError as error:
-                raise FileNotFoundError(f"{EXTRA_MODELS[role][0]}: {error}") from None
+                raise MissingInputError(f"{EXTRA_MODELS[role][0]}: {error}") from None
     device = init_device(args)
     set_random_seed(args.seed, device)
     tokenizer = build_tokenizer(args, device)
@@ -233,7 +233,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         counts = (web.queue_size, web.max_images, web.max_candidates, web.max_prompt_chars)
         if min(counts) < 1 or web.max_upload_mb <= 0:
-            raise ValueError(
+            raise InputError(
                 "--queue-size, --max-images, --max-candidates, --max-prompt-chars, --max-upload-mb "
                 "must be positive"
             )
@@ -241,7 +241,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         own_args = extra_model_args(web, model_argv, args)
         sock = bind(web.host, web.port)  # before the (slow) model load: a busy port fails at once
         backend = load_backend(web, args, own_args)
-    except (FileNotFoundError, ValueError, OSError) as error:
+    except (InputError, OSError) as error:  # bad input, a busy port, an unreadable file: one line
         print(f"web_demo: {error}", file=sys.stderr)
         return 2
     limits = Limits(
