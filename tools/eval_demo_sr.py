@@ -128,7 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "queries" and args.every < 1:
+        parser.error("--every must be at least 1")
     try:
         if args.command == "queries":
             count = write_queries(args.captions, args.every, args.output)
