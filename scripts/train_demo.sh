@@ -41,6 +41,14 @@ stride="${DEMO_VQ_STRIDE:-2}"
 grid=$(( image_size >> (stride / 2) ))  # codes per side: each stride step of 2 halves the image once
 
 stage() { echo "== train_demo: $*" >&2; }
+# newest_run SAVE NAME: the newest run folder under SAVE of the experiment NAME that has a checkpoint (its
+# tracker file), or nothing. pretrain_gpt2.py saves to {--save}/{--experiment-name}{timestamp}, so a rerun
+# continues that run.
+newest_run() {
+  local tracker
+  tracker="$(ls -d "$1/$2"*/latest_checkpointed_iteration.txt 2>/dev/null | sort | tail -n 1 || true)"
+  echo "${tracker%/latest_checkpointed_iteration.txt}"
+}
 
 mkdir -p "$work"
 settings="$(env | grep -E '^DEMO_' | grep -vE '^DEMO_(WORK|BUNDLE)=' | sort || true)"
@@ -134,10 +142,7 @@ case "$gpt_precision" in
   *) echo "train_demo: DEMO_GPT_PRECISION is '$gpt_precision'; use auto, bf16 or fp32" >&2; exit 2 ;;
 esac
 gpt_save="$work/gpt"
-# pretrain_gpt2.py saves to {--save}/{--experiment-name}{timestamp}; a rerun continues the newest run
-# that has a checkpoint (its tracker file).
-gpt_run="$(ls -d "$gpt_save"/demo_gpt*/latest_checkpointed_iteration.txt 2>/dev/null | sort | tail -n 1 || true)"
-gpt_run="${gpt_run%/latest_checkpointed_iteration.txt}"
+gpt_run="$(newest_run "$gpt_save" demo_gpt)"
 resume=()
 [ -n "$gpt_run" ] && resume=(--load "$gpt_run")
 stage "GPT (${gpt_layers} layers × ${gpt_hidden}, ${gpt_iters} iterations, $gpt_precision) → $gpt_save ${resume[*]}"
@@ -152,8 +157,7 @@ if [ -z "$gpt_run" ] || [ "$(cat "$gpt_run/latest_checkpointed_iteration.txt")" 
     --save "$gpt_save" --experiment-name demo_gpt --save-interval "${DEMO_GPT_SAVE_INTERVAL:-250}" \
     --eval-interval "${DEMO_GPT_EVAL_INTERVAL:-1000}" --eval-iters "${DEMO_GPT_EVAL_ITERS:-10}" \
     --log-interval 10 --num-workers 1
-  gpt_run="$(ls -d "$gpt_save"/demo_gpt*/latest_checkpointed_iteration.txt | sort | tail -n 1)"
-  gpt_run="${gpt_run%/latest_checkpointed_iteration.txt}"
+  gpt_run="$(newest_run "$gpt_save" demo_gpt)"
 fi
 
 stage "bundle → $bundle"
@@ -194,8 +198,7 @@ sr_architecture=(--num-layers "$sr_layers" --hidden-size "$sr_hidden" --num-atte
   --max-position-embeddings "$sr_positions" --max-position-embeddings-finetune "$sr_sequence")
 sr_iters="${DEMO_SR_ITERS:-3000}"
 sr_save="$work/sr/gpt"
-sr_run="$(ls -d "$sr_save"/demo_sr*/latest_checkpointed_iteration.txt 2>/dev/null | sort | tail -n 1 || true)"
-sr_run="${sr_run%/latest_checkpointed_iteration.txt}"
+sr_run="$(newest_run "$sr_save" demo_sr)"
 resume=()
 [ -n "$sr_run" ] && resume=(--load "$sr_run")
 stage "super-resolution GPT (${sr_layers} layers × ${sr_hidden}, ${sr_iters} iterations, $gpt_precision) → $sr_save ${resume[*]}"
@@ -209,8 +212,7 @@ if [ -z "$sr_run" ] || [ "$(cat "$sr_run/latest_checkpointed_iteration.txt")" !=
     --save "$sr_save" --experiment-name demo_sr --save-interval "${DEMO_SR_SAVE_INTERVAL:-100}" \
     --eval-interval "${DEMO_SR_EVAL_INTERVAL:-250}" --eval-iters "${DEMO_SR_EVAL_ITERS:-5}" \
     --log-interval 10 --num-workers 1
-  sr_run="$(ls -d "$sr_save"/demo_sr*/latest_checkpointed_iteration.txt | sort | tail -n 1)"
-  sr_run="${sr_run%/latest_checkpointed_iteration.txt}"
+  sr_run="$(newest_run "$sr_save" demo_sr)"
 fi
 
 stage "bundle the super-resolution GPT → $bundle"
