@@ -55,6 +55,8 @@ RELEASE = "release"
 _SHARD_PATTERN = re.compile(r"mp_rank_(\d{2})_model_states\.pt")
 # Client-state entries that mean the same on every rank and at any model-parallel size (kept when resharding);
 # the rest (optimizer state, RNG states, world sizes) belongs to one rank of one layout.
+# Precisions a checkpoint's weights can be stored in (``reshard_checkpoint(dtype=...)``), by their flag names.
+STORAGE_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 _LAYOUT_FREE_ENTRIES = (
     "iteration",
     "client_lr_scheduler",
@@ -454,6 +456,7 @@ def reshard_checkpoint(
     target_mp: int,
     *,
     num_tokens: int = COGVIEW_NUM_TOKENS,
+    dtype: torch.dtype | None = None,
     trust_checkpoint: bool = False,
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -465,7 +468,9 @@ def reshard_checkpoint(
     empty; on failure nothing is left). Only entries that mean the same at any layout are carried over
     (``iteration``, learning-rate schedule, step counters); optimizer and RNG states are dropped. Whether
     the attention heads divide by ``target_mp`` cannot be read from the file: check that yourself.
-    Returns the new iteration folder; ``log`` receives one progress line per shard.
+    With ``dtype`` the floating-point weights are stored in it (e.g. ``torch.float16``, as the released
+    checkpoints are: half the size; the loaders cast to the model's dtype). Returns the new iteration
+    folder; ``log`` receives one progress line per shard.
     """
     src, dst = Path(src), Path(dst)
     if target_mp < 1:
@@ -498,6 +503,10 @@ def reshard_checkpoint(
             )
         merged = resize_vocab(merged, padded_vocab_size(num_tokens, target_mp), num_tokens)
         check_divisible(merged, target_mp)
+        if dtype is not None:
+            merged = {
+                key: value.to(dtype) if value.is_floating_point() else value for key, value in merged.items()
+            }
     except PartitionError as error:
         raise CheckpointError(
             f"cannot reshard {src / iteration} to model-parallel size {target_mp}: {error}"

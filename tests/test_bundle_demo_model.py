@@ -1,6 +1,7 @@
-"""tools/bundle_demo_model.py: the bundled weights and the manifest's roles, in both bundling orders, read
+"""tools/bundle_demo_model.py: the bundled weights and the manifest's roles, in every bundling order, read
 back through common.model_sources (what the launchers and the web demo use)."""
 
+import itertools
 import shutil
 from pathlib import Path
 
@@ -18,9 +19,9 @@ MAIN_ARCHITECTURE = ["--num-layers", "1", "--hidden-size", "32", "--num-attentio
 MAIN = [*MAIN_ARCHITECTURE, "--max-position-embeddings", "96", "--image-size", "32"]
 SR = ["--model", "super-resolution", *MAIN_ARCHITECTURE, "--max-position-embeddings", "72"]
 SR += ["--max-position-embeddings-finetune", "104", "--image-size", "32"]
-# What the tool wrote before it knew super-resolution; bundling the main model alone must still write it.
+CAPTION = ["--model", "caption", *MAIN]
 MAIN_MANIFEST = """\
-# The bundled demo GPT (scripts/train_demo.sh): one model for text2image and captions.
+# The bundled demo GPT (scripts/train_demo.sh): text2image, and captions unless a caption GPT follows.
 common: --num-layers 1 --hidden-size 32 --num-attention-heads 2 --max-position-embeddings 96
 common: --img-tokenizer-path vqvae_demo.pt --text-tokenizer-path demo_text.model --image-size 32
 text2image: --load cogview-demo --post-select-load cogview-demo
@@ -31,17 +32,30 @@ SR_LINES = """\
 super-resolution: --num-layers 1 --hidden-size 32 --num-attention-heads 2 --max-position-embeddings 72 \
 --max-position-embeddings-finetune 104 --load cogview-demo-sr
 """
+CAPTION_LINES = """\
+# The bundled caption GPT (scripts/train_demo.sh): the demo GPT finetuned on captions, also text2image's \
+post-selection scorer.
+text2image: --post-select-load cogview-demo-caption
+caption: --load cogview-demo-caption
+"""
 
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """Two training-run folders of random tiny GPTs over the demo vocabulary (iterations 7 and 9)."""
+    """Training-run folders of random tiny GPTs over the demo vocabulary (iterations 7, 8 and 9)."""
     root = tmp_path_factory.mktemp("runs")
     num_tokens = UnifiedTokenizer(DEMO / "vqvae_demo.pt", "cpu", txt_tokenizer_path=DEMO / "demo_text.model")
     torch.manual_seed(0)
-    for name, iteration in (("main", 7), ("sr", 9)):
+    for name, iteration in (("main", 7), ("caption", 8), ("sr", 9)):
         save_checkpoint(tiny_gpt(num_tokens.num_tokens), root / name, iteration)
-    return {"main": root / "main", "sr": root / "sr"}
+    return {name: root / name for name in ("main", "caption", "sr")}
+
+
+def trained_and_bundled(run: Path, model_folder: Path, iteration: int) -> tuple[dict, dict]:
+    """The weights of a training run's checkpoint and the whole bundled file of it."""
+    trained = torch.load(run / str(iteration) / "mp_rank_00_model_states.pt", weights_only=True)["module"]
+    bundled = torch.load(model_folder / str(iteration) / "mp_rank_00_model_states.pt", weights_only=True)
+    return trained, bundled
 
 
 def new_bundle(tmp_path: Path) -> Path:
@@ -82,17 +96,56 @@ def test_sampling_defaults_go_on_the_text2image_line_and_reach_the_launcher(runs
         )
 
 
-@pytest.mark.parametrize("order", [("main", "sr"), ("sr", "main")])
-def test_both_orders_give_one_manifest_with_each_role(runs, tmp_path, order):
+ORDERS = [
+    order
+    for order in itertools.permutations(("main", "caption", "sr"))
+    if order.index("main") < order.index("caption")
+]
+
+
+@pytest.mark.parametrize("order", ORDERS)
+def test_every_order_gives_one_manifest_with_each_role(runs, tmp_path, order):
     bundle = new_bundle(tmp_path)
     for which in order:
-        run_tool(runs[which], bundle, MAIN if which == "main" else SR)
-    assert (bundle / "models.args").read_text(encoding="utf-8") == MAIN_MANIFEST + SR_LINES
-    trained = torch.load(runs["sr"] / "9" / "mp_rank_00_model_states.pt", weights_only=True)["module"]
-    bundled = torch.load(bundle / "cogview-demo-sr" / "9" / "mp_rank_00_model_states.pt", weights_only=True)
+        run_tool(runs[which], bundle, {"main": MAIN, "caption": CAPTION, "sr": SR}[which])
+    assert (bundle / "models.args").read_text(encoding="utf-8") == MAIN_MANIFEST + CAPTION_LINES + SR_LINES
+    trained, bundled = trained_and_bundled(runs["sr"], bundle / "cogview-demo-sr", 9)
     assert "optimizer" not in bundled and bundled["module"].keys() == trained.keys()
+    for key, weight in trained.items():  # stored in fp16, as the released weights
+        torch.testing.assert_close(bundled["module"][key], weight.half(), rtol=0, atol=0)
+
+
+def test_fp32_storage_keeps_the_trained_weights_exactly(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, [*MAIN, "--dtype", "fp32"])
+    trained, bundled = trained_and_bundled(runs["main"], bundle / "cogview-demo", 7)
     for key, weight in trained.items():
         torch.testing.assert_close(bundled["module"][key], weight, rtol=0, atol=0)
+
+
+def test_the_caption_model_takes_the_caption_role_and_text2image_scoring(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, MAIN)
+    run_tool(runs["caption"], bundle, CAPTION)
+    caption, main = str(bundle / "cogview-demo-caption"), str(bundle / "cogview-demo")
+    text2image = choose_model("text2image", [], tmp_path).arguments
+    assert text2image[-4:] == ["--post-select-load", main, "--post-select-load", caption]  # the last is read
+    assert text2image[text2image.index("--load") + 1] == main
+    assert choose_model("caption", [], tmp_path).arguments[-2:] == ["--load", caption]
+    web = choose_model("web", [], tmp_path).arguments
+    assert web[web.index("--load-caption") + 1] == caption
+    assert not any(word.startswith("--caption-model-args") for word in web)  # the main model's architecture
+
+
+def test_a_caption_model_needs_the_main_model_of_its_architecture_first(runs, tmp_path, capsys):
+    bundle = new_bundle(tmp_path)
+    assert bundle_demo_model.main([str(runs["caption"]), "--bundle", str(bundle), *CAPTION]) == 2
+    assert "has no main model of the architecture" in capsys.readouterr().err
+    run_tool(runs["main"], bundle, MAIN)
+    other = [*CAPTION[: CAPTION.index("96")], "112", *CAPTION[CAPTION.index("96") + 1 :]]
+    assert bundle_demo_model.main([str(runs["caption"]), "--bundle", str(bundle), *other]) == 2
+    assert not (bundle / "cogview-demo-caption").exists()
+    assert (bundle / "models.args").read_text(encoding="utf-8") == MAIN_MANIFEST
 
 
 def test_the_super_resolution_model_alone_names_the_tokenizers(runs, tmp_path):

@@ -245,6 +245,18 @@ def test_reshard_to_4_reports_progress_per_shard(round_trip, tmp_path, capsys):
     assert_state_equal(merged, round_trip["model"].state_dict())
 
 
+def test_fp16_storage_halves_the_weights_and_loads_back_into_an_fp32_model(round_trip, tmp_path):
+    source = round_trip["root"] / "mp1"
+    argv = [str(source), str(tmp_path / "fp16"), "--target-mp", "1", "--num-tokens", str(NUM_TOKENS)]
+    assert reshard_main([*argv, "--dtype", "fp16"]) == 0
+    module = read_shard(tmp_path / "fp16" / str(ITERATION) / SHARD)["module"]
+    assert {value.dtype for value in module.values()} == {torch.float16}
+    model = tiny_model(perturb=False)
+    load_checkpoint(model, tmp_path / "fp16")
+    expected = {key: value.half().float() for key, value in round_trip["model"].state_dict().items()}
+    assert_state_equal(model.state_dict(), expected)
+
+
 def _copy_mp2(round_trip, tmp_path) -> Path:
     return Path(shutil.copytree(round_trip["root"] / "mp2", tmp_path / "src"))
 

@@ -2,18 +2,26 @@
 
     python tools/bundle_demo_model.py data/demo/gpt/demo_gpt12-01-09-45 --bundle pretrained/demo \\
         --num-layers 6 --hidden-size 192 --num-attention-heads 6 --max-position-embeddings 280 --image-size 32
+    python tools/bundle_demo_model.py data/demo/caption/gpt/demo_caption12-01-13-50 \\
+        --bundle pretrained/demo --model caption --num-layers 6 --hidden-size 192 --num-attention-heads 6 \\
+        --max-position-embeddings 280 --image-size 32
     python tools/bundle_demo_model.py data/demo/sr/demo_sr12-01-11-13 --bundle pretrained/demo \\
         --model super-resolution --num-layers 4 --hidden-size 128 --num-attention-heads 4 \\
         --max-position-embeddings 264 --max-position-embeddings-finetune 344 --image-size 32
 
 The main model (``--model main``, the default) goes to ``{bundle}/cogview-demo/``, named in the manifest
-``{bundle}/models.args`` for text2image, its post-selection scorer and the caption roles; the
-super-resolution model (``--model super-resolution``) to ``{bundle}/cogview-demo-sr/``, named for the
-super-resolution role with its own architecture (its line's arguments override ``common:``). Each folder
-holds a tracker and ``{iteration}/mp_rank_00_model_states.pt``: the weights of the newest checkpoint of the
-training run, model-parallel size 1, without optimizer or RNG state, so ``generate_samples.py --load``
-reads it. Bundling one model keeps the other's manifest lines, so the two can be bundled in either order
-(and the manifest comes out the same). The tokenizers ``demo_text.model`` and ``vqvae_demo.pt`` must
+``{bundle}/models.args`` for text2image, its post-selection scorer and the caption roles. The caption model
+(``--model caption``, the main model finetuned on captions) goes to ``{bundle}/cogview-demo-caption/`` and
+takes over the caption role and text2image's scorer; it must have the main model's architecture (text2image
+loads its scorer with the main model's arguments), so the main model is bundled first. The super-resolution
+model (``--model super-resolution``) goes to ``{bundle}/cogview-demo-sr/``, named for the super-resolution
+role with its own architecture (its line's arguments override ``common:``). Each folder holds a tracker and
+``{iteration}/mp_rank_00_model_states.pt``: the weights of the newest checkpoint of the training run,
+model-parallel size 1, stored in fp16 by default (as the released weights are; the loaders cast them to the
+model's precision, and the three models fit the bundle's 20 MB), without optimizer or RNG state, so
+``generate_samples.py --load`` reads it. The manifest has one part per model, each under its own header line,
+always in the order main, caption, super-resolution; bundling one model keeps the others' parts, so the
+order of bundling does not change the manifest. The tokenizers ``demo_text.model`` and ``vqvae_demo.pt`` must
 already be in the bundle. An existing model folder is replaced only once the new one is complete.
 """
 
@@ -29,14 +37,21 @@ if __package__ in (None, ""):  # run as a file: make the repository's packages i
 from common.atomic_files import atomic_write_text, rename_into_place
 from common.errors import InputError
 from data_utils import UnifiedTokenizer
-from model.checkpoint import reshard_checkpoint
+from model.checkpoint import STORAGE_DTYPES, reshard_checkpoint
 
-MAIN, SUPER_RESOLUTION = "main", "super-resolution"
-MODEL_FOLDERS = {MAIN: "cogview-demo", SUPER_RESOLUTION: "cogview-demo-sr"}
+MAIN, CAPTION, SUPER_RESOLUTION = "main", "caption", "super-resolution"
+MODEL_FOLDERS = {MAIN: "cogview-demo", CAPTION: "cogview-demo-caption", SUPER_RESOLUTION: "cogview-demo-sr"}
 MANIFEST = "models.args"
 TOKENIZERS = ("demo_text.model", "vqvae_demo.pt")
-SR_HEADER = "# The bundled super-resolution GPT (scripts/train_demo.sh), with its own architecture."
-SR_ROLE = "super-resolution:"
+# Each model's part of the manifest starts with its header (lines before any header belong to the main part).
+HEADERS = {
+    MAIN: "# The bundled demo GPT (scripts/train_demo.sh): text2image, and captions unless a caption GPT "
+    "follows.",
+    CAPTION: "# The bundled caption GPT (scripts/train_demo.sh): the demo GPT finetuned on captions, "
+    "also text2image's post-selection scorer.",
+    SUPER_RESOLUTION: "# The bundled super-resolution GPT (scripts/train_demo.sh), with its own "
+    "architecture.",
+}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,7 +63,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--model",
         choices=tuple(MODEL_FOLDERS),
         default=MAIN,
-        help="main: text2image and captions (default); super-resolution: the magnify model",
+        help="main: text2image and captions (default); caption: the main model finetuned on captions "
+        "(captions and text2image's post-selection); super-resolution: the magnify model",
     )
     for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--max-position-embeddings"):
         parser.add_argument(flag, type=int, required=True, help="as the model was trained")
@@ -63,6 +79,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default="",
         help="the main model's text2image defaults, e.g. \"--top_k 30 --guidance-scale 3\" (the launchers' "
         "released-model settings do not suit a small demo model; a user's own arguments still come last)",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(STORAGE_DTYPES),
+        default="fp16",
+        help="precision the weights are stored in (default fp16, as the released weights)",
     )
     args = parser.parse_args(argv)
     if (args.model == SUPER_RESOLUTION) != (args.max_position_embeddings_finetune is not None):
@@ -98,7 +120,7 @@ def main_manifest_text(args: argparse.Namespace) -> str:
     folder = MODEL_FOLDERS[MAIN]
     sampling = f" {args.sampling}" if args.sampling else ""
     return (
-        "# The bundled demo GPT (scripts/train_demo.sh): one model for text2image and captions.\n"
+        f"{HEADERS[MAIN]}\n"
         f"common: {architecture(args)}\n"
         f"{tokenizer_line(args.image_size)}"
         f"text2image: --load {folder} --post-select-load {folder}{sampling}\n"
@@ -106,34 +128,57 @@ def main_manifest_text(args: argparse.Namespace) -> str:
     )
 
 
+def caption_manifest_text() -> str:
+    """The caption model's part of ``models.args``: the caption role and text2image's scorer, which follow
+    the main part's lines of the same roles (the last ``--load`` / ``--post-select-load`` is the one read)."""
+    folder = MODEL_FOLDERS[CAPTION]
+    return f"{HEADERS[CAPTION]}\ntext2image: --post-select-load {folder}\ncaption: --load {folder}\n"
+
+
 def sr_manifest_text(args: argparse.Namespace) -> str:
     """The super-resolution model's part of ``models.args``: one role line with its whole architecture."""
-    return f"{SR_HEADER}\n{SR_ROLE} {architecture(args)} --load {MODEL_FOLDERS[SUPER_RESOLUTION]}\n"
+    line = f"super-resolution: {architecture(args)} --load {MODEL_FOLDERS[SUPER_RESOLUTION]}"
+    return f"{HEADERS[SUPER_RESOLUTION]}\n{line}\n"
 
 
-def split_manifest(path: Path) -> tuple[str, str]:
-    """(main model lines, super-resolution model lines) of the manifest at ``path``; "" where none."""
+def split_manifest(path: Path) -> dict[str, str]:
+    """Each model's part (its lines) of the manifest at ``path``; "" for a model without one."""
+    parts = dict.fromkeys(HEADERS, "")
     if not path.exists():
-        return "", ""
+        return parts
     try:
         lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
     except (OSError, UnicodeDecodeError) as error:
         raise InputError(f"{path}: cannot be read: {error}") from None
-    is_sr = [line.rstrip("\n") == SR_HEADER or line.startswith(SR_ROLE) for line in lines]
-    main = "".join(line for line, sr in zip(lines, is_sr, strict=True) if not sr)
-    return main, "".join(line for line, sr in zip(lines, is_sr, strict=True) if sr)
+    model = MAIN
+    for line in lines:
+        model = next((name for name, header in HEADERS.items() if line.rstrip("\n") == header), model)
+        parts[model] += line
+    return parts
 
 
 def manifest_text(args: argparse.Namespace, existing: Path) -> str:
-    """The new ``models.args``: this model's part, and the other model's part of ``existing`` kept.
+    """The new ``models.args``: this model's part, and the other models' parts of ``existing`` kept.
 
-    With only a super-resolution model the main part is just the tokenizers' ``common:`` line, which
-    bundling the main model later rewrites with the rest of its part.
+    With no main model the main part is just the tokenizers' ``common:`` line, which bundling the main
+    model later rewrites with the rest of its part. A caption model needs the main model's part, with the
+    same architecture, already there.
     """
-    main, sr = split_manifest(existing)
+    parts = split_manifest(existing)
     if args.model == MAIN:
-        return main_manifest_text(args) + sr
-    return (main or tokenizer_line(args.image_size)) + sr_manifest_text(args)
+        parts[MAIN] = main_manifest_text(args)
+    elif args.model == CAPTION:
+        if f"common: {architecture(args)}\n" not in parts[MAIN]:
+            raise InputError(
+                f"{existing} has no main model of the architecture {architecture(args)!r}; the caption "
+                "model scores text2image's samples with the main model's arguments, so bundle a main model "
+                "of its architecture first"
+            )
+        parts[CAPTION] = caption_manifest_text()
+    else:
+        parts[MAIN] = parts[MAIN] or tokenizer_line(args.image_size)
+        parts[SUPER_RESOLUTION] = sr_manifest_text(args)
+    return "".join(parts.values())
 
 
 def bundle(args: argparse.Namespace) -> Path:
@@ -148,7 +193,9 @@ def bundle(args: argparse.Namespace) -> Path:
     folder = MODEL_FOLDERS[args.model]
     target = args.bundle / folder
     staging = args.bundle / f".{folder}.new-{os.getpid()}"
-    reshard_checkpoint(args.run, staging, 1, num_tokens=tokenizer.num_tokens)
+    reshard_checkpoint(
+        args.run, staging, 1, num_tokens=tokenizer.num_tokens, dtype=STORAGE_DTYPES[args.dtype]
+    )
     if target.exists():
         shutil.rmtree(target)
     rename_into_place(staging, target)

@@ -14,12 +14,12 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make the repository's packages importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.checkpoint import CheckpointError, CheckpointNotFoundError, reshard_checkpoint
+from model.checkpoint import STORAGE_DTYPES, CheckpointError, CheckpointNotFoundError, reshard_checkpoint
 from model.partition import COGVIEW_NUM_TOKENS
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line: SRC DST --target-mp N [--num-tokens T] [--trust-checkpoint]."""
+    """The command line: SRC DST --target-mp N [--num-tokens T] [--dtype D] [--trust-checkpoint]."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path, help="checkpoint directory with a tracker file")
     parser.add_argument(
@@ -31,6 +31,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=int,
         default=COGVIEW_NUM_TOKENS,
         help=f"real vocabulary size; embedding rows from here on are padding (default {COGVIEW_NUM_TOKENS})",
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=tuple(STORAGE_DTYPES),
+        help="store the weights in this precision (fp16: as the released checkpoints; default: as they are)",
     )
     parser.add_argument(
         "--trust-checkpoint",
@@ -49,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             args.dst,
             args.target_mp,
             num_tokens=args.num_tokens,
+            dtype=STORAGE_DTYPES[args.dtype] if args.dtype else None,
             trust_checkpoint=args.trust_checkpoint,
         )
     except (CheckpointError, CheckpointNotFoundError, OSError) as error:
