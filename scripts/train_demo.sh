@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Rebuild the bundled demo models from scratch: data → text and image tokenizers → animal classifier →
-# token datasets (LMDB) → the GPT (text2image and caption layouts in one model) → bundle → the
-# super-resolution GPT (its datasets, training, bundle). Resumable: after an interruption (Ctrl-C, kill,
+# token datasets (LMDB) → the GPT (text2image and caption layouts in one model) → bundle → the caption
+# GPT (that GPT finetuned on caption rows of fresh composites; bundle) → the super-resolution GPT (its
+# datasets, training, bundle). Resumable: after an interruption (Ctrl-C, kill,
 # power loss) rerun the same command; finished stages are skipped and the VQ-VAE training, preprocessing
 # and both GPT trainings continue where they stopped (a GPT from its last checkpoint). Environment
 # (defaults in brackets; sizes are the bundled models'):
@@ -23,6 +24,10 @@
 #   DEMO_GPT_PRECISION [auto]      bf16 (autocast) or fp32; auto: bf16 where the CPU has AVX512-BF16 or
 #                                  AMX (1.6× faster there), fp32 elsewhere (bf16 is far slower on AVX2)
 #   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
+#   DEMO_CAPTION_COPIES [6]        fresh composites per train silhouette for the caption GPT (another seed)
+#   DEMO_CAPTION_ITERS [12000] DEMO_CAPTION_LR [5e-4] DEMO_CAPTION_TXT_LOSS_SCALE [20]
+#   DEMO_CAPTION_DROPOUT [0.1]     the caption GPT's finetuning (batch DEMO_GPT_BATCH, hidden dropout)
+#   DEMO_CAPTION_SAVE_INTERVAL [250] DEMO_CAPTION_EVAL_INTERVAL [1000] DEMO_CAPTION_EVAL_ITERS [20]
 #   DEMO_SR_TRAIN_EVERY [9] DEMO_SR_TEST_EVERY [5]   the super-resolution datasets take every Nth composite
 #                                  of the split (each gives 9 windows × 2 captions rows)
 #   DEMO_SR_LAYERS [4] DEMO_SR_HIDDEN [128] DEMO_SR_HEADS [4] DEMO_SR_BATCH [16] DEMO_SR_ITERS [3000]
@@ -167,6 +172,43 @@ for file in "$text_model" "$vqvae_model" "$classifier"; do
 done
 "$python" tools/bundle_demo_model.py "$gpt_run" --bundle "$bundle" "${gpt_architecture[@]}" --image-size "$image_size" \
   --sampling "${DEMO_SAMPLING:---top_k 30 --guidance-scale 3 --post-select 8}"
+
+# The caption GPT: the GPT above finetuned (--finetune: its weights, iteration 0, a fresh optimizer) on
+# caption rows only, of the split's own composites and of DEMO_CAPTION_COPIES fresh ones per silhouette
+# (new placements and colours), with the text positions weighted up. One GPT for both layouts named the
+# right animal in about half of its captions; the caption model is also text2image's post-selection scorer.
+caption_work="$work/caption"
+stage "caption composites → $caption_work/train"
+"$python" tools/build_demo_data.py --output "$caption_work" "${source_args[@]}" "${per_animal[@]}" \
+  --splits train --train-copies "${DEMO_CAPTION_COPIES:-6}" --seed 7
+caption_lmdb="$work/lmdb/demo_caption_train_i2t.lmdb"
+stage "image2text rows of the caption composites → $caption_lmdb"
+[ -d "$caption_lmdb" ] || "$python" preprocess_entry.py --captions "$caption_work/train/captions.tsv" \
+  --img-tokenizer-path "$vqvae_model" --txt-tokenizer-path "$text_model" --caption-end \
+  --encode-size "$grid" --layout image2text --output "$caption_lmdb" --batch-size 64 --num-workers 0 --device cpu
+caption_iters="${DEMO_CAPTION_ITERS:-12000}"
+caption_save="$caption_work/gpt"
+caption_run="$(newest_run "$caption_save" "")"  # a run that loads a model is saved under that model's name
+start=(--load "$gpt_run" --finetune)
+[ -n "$caption_run" ] && start=(--load "$caption_run")
+stage "caption GPT (${caption_iters} iterations from $gpt_run, $gpt_precision) → $caption_save ${start[*]}"
+if [ -z "$caption_run" ] || [ "$(cat "$caption_run/latest_checkpointed_iteration.txt")" != "$caption_iters" ]; then
+  "$python" pretrain_gpt2.py "${gpt_architecture[@]}" "${start[@]}" --device cpu "${precision[@]}" \
+    --train-data "$caption_lmdb" "$work/lmdb/demo_train_i2t.lmdb" --split 1000,0,0 \
+    --valid-data "$work/lmdb/demo_test_i2t.lmdb" \
+    --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
+    --batch-size "${DEMO_GPT_BATCH:-16}" --train-iters "$caption_iters" --lr "${DEMO_CAPTION_LR:-5e-4}" \
+    --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --attention-dropout 0 \
+    --hidden-dropout "${DEMO_CAPTION_DROPOUT:-0.1}" --txt-loss-scale "${DEMO_CAPTION_TXT_LOSS_SCALE:-20}" \
+    --save "$caption_save" --save-interval "${DEMO_CAPTION_SAVE_INTERVAL:-250}" \
+    --eval-interval "${DEMO_CAPTION_EVAL_INTERVAL:-1000}" --eval-iters "${DEMO_CAPTION_EVAL_ITERS:-20}" \
+    --log-interval 10 --num-workers 1
+  caption_run="$(newest_run "$caption_save" "")"
+fi
+
+stage "bundle the caption GPT → $bundle"
+"$python" tools/bundle_demo_model.py "$caption_run" --bundle "$bundle" --model caption "${gpt_architecture[@]}" \
+  --image-size "$image_size"
 
 
 # The super-resolution GPT: rows `[ROI1] caption [size] [BOI1] crop [EOI1] [ROI2] [POS0] [size] [BOI2]

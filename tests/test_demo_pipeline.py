@@ -39,6 +39,11 @@ MINIATURE = {
     "DEMO_GPT_SAVE_INTERVAL": "2",
     "DEMO_GPT_EVAL_INTERVAL": "2",
     "DEMO_GPT_EVAL_ITERS": "1",
+    "DEMO_CAPTION_COPIES": "1",
+    "DEMO_CAPTION_ITERS": "3",
+    "DEMO_CAPTION_SAVE_INTERVAL": "2",
+    "DEMO_CAPTION_EVAL_INTERVAL": "2",
+    "DEMO_CAPTION_EVAL_ITERS": "1",
     "DEMO_SR_TRAIN_EVERY": "1",
     "DEMO_SR_TEST_EVERY": "2",
     "DEMO_SR_LAYERS": "1",
@@ -52,6 +57,7 @@ MINIATURE = {
 }
 BUNDLED = ("demo_text.model", "vqvae_demo.pt", "animal_classifier.pt")
 LMDBS = [f"demo_{split}_{short}.lmdb" for split in ("train", "test") for short in ("t2i", "i2t")]
+LMDBS.append("demo_caption_train_i2t.lmdb")  # the caption GPT's fresh composites
 
 pytestmark = pytest.mark.slow
 
@@ -87,6 +93,20 @@ def test_every_stage_leaves_its_output(finished):
         assert (finished / "bundle" / name).read_bytes() == (work / "tokenizers" / name).read_bytes()
     for name in LMDBS:
         assert len(LMDBDataset(work / "lmdb" / name, process_fn=np.asarray)) == 40
+    fresh = read_captions(work / "caption" / "train" / "captions.tsv")
+    assert [r.caption for r in fresh] != [r.caption for r in read_captions(work / "train" / "captions.tsv")]
+
+
+def assert_bundled_is_last_checkpoint(run: Path, model: Path, iteration: str) -> None:
+    """The bundled model folder holds the weights of the run's last checkpoint, in fp16, and nothing else."""
+    assert (run / "latest_checkpointed_iteration.txt").read_text() == iteration
+    trained = torch.load(run / iteration / "mp_rank_00_model_states.pt", weights_only=False)["module"]
+    assert (model / "latest_checkpointed_iteration.txt").read_text() == iteration
+    bundled = torch.load(model / iteration / "mp_rank_00_model_states.pt", weights_only=True)
+    assert "optimizer" not in bundled and "torch_rng_state" not in bundled
+    assert bundled["module"].keys() == trained.keys()
+    for key, weight in bundled["module"].items():
+        torch.testing.assert_close(weight, trained[key].half(), rtol=0, atol=0)
 
 
 def test_token_rows_match_an_independent_encoding(finished):
@@ -108,15 +128,7 @@ def test_token_rows_match_an_independent_encoding(finished):
 
 def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
     run = next((finished / "work" / "gpt").glob("demo_gpt*"))
-    assert (run / "latest_checkpointed_iteration.txt").read_text() == "3"
-    trained = torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)
-    model = finished / "bundle" / "cogview-demo"
-    assert (model / "latest_checkpointed_iteration.txt").read_text() == "3"
-    bundled = torch.load(model / "3" / "mp_rank_00_model_states.pt", weights_only=True)
-    assert "optimizer" not in bundled and "torch_rng_state" not in bundled
-    assert bundled["module"].keys() == trained["module"].keys()
-    for key, weight in bundled["module"].items():
-        torch.testing.assert_close(weight, trained["module"][key], rtol=0, atol=0)
+    assert_bundled_is_last_checkpoint(run, finished / "bundle" / "cogview-demo", "3")
     manifest = (finished / "bundle" / "models.args").read_text()
     assert (
         "common: --num-layers 1 --hidden-size 16 --num-attention-heads 2 --max-position-embeddings 88"
@@ -127,6 +139,16 @@ def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
         "text2image: --load cogview-demo --post-select-load cogview-demo "
         "--top_k 30 --guidance-scale 3 --post-select 8" in manifest
     )
+
+
+def test_the_bundled_caption_gpt_is_the_gpt_finetuned_and_scores_text2image(finished):
+    gpt = next((finished / "work" / "gpt").glob("demo_gpt*"))
+    run = finished / "work" / "caption" / "gpt" / gpt.name  # a finetune is saved under its model's name
+    assert_bundled_is_last_checkpoint(run, finished / "bundle" / "cogview-demo-caption", "3")
+    assert torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)["iteration"] == 3
+    lines = (finished / "bundle" / "models.args").read_text().splitlines()
+    assert "text2image: --post-select-load cogview-demo-caption" in lines
+    assert "caption: --load cogview-demo-caption" in lines
 
 
 def test_super_resolution_rows_match_an_independent_encoding(finished):
@@ -150,14 +172,7 @@ def test_super_resolution_rows_match_an_independent_encoding(finished):
 
 def test_the_bundled_super_resolution_gpt_is_its_last_checkpoint_with_its_own_role(finished):
     run = next((finished / "work" / "sr" / "gpt").glob("demo_sr*"))
-    assert (run / "latest_checkpointed_iteration.txt").read_text() == "3"
-    trained = torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)["module"]
-    bundled = torch.load(
-        finished / "bundle" / "cogview-demo-sr" / "3" / "mp_rank_00_model_states.pt", weights_only=True
-    )["module"]
-    assert bundled.keys() == trained.keys()
-    for key, weight in bundled.items():
-        torch.testing.assert_close(weight, trained[key], rtol=0, atol=0)
+    assert_bundled_is_last_checkpoint(run, finished / "bundle" / "cogview-demo-sr", "3")
     lines = (finished / "bundle" / "models.args").read_text().splitlines()
     assert lines[-1] == (
         "super-resolution: --num-layers 1 --hidden-size 16 --num-attention-heads 2 "
