@@ -137,6 +137,15 @@ def test_the_caption_model_takes_the_caption_role_and_text2image_scoring(runs, t
     assert not any(word.startswith("--caption-model-args") for word in web)  # the main model's architecture
 
 
+def test_the_caption_models_sampling_defaults_go_on_its_caption_line_only(runs, tmp_path):
+    bundle = new_bundle(tmp_path)
+    run_tool(runs["main"], bundle, MAIN)
+    run_tool(runs["caption"], bundle, [*CAPTION, "--sampling", "--temperature 0.5"])
+    caption = str(bundle / "cogview-demo-caption")
+    assert choose_model("caption", [], tmp_path).arguments[-4:] == ["--load", caption, "--temperature", "0.5"]
+    assert "--temperature" not in choose_model("text2image", [], tmp_path).arguments
+
+
 def test_a_caption_model_needs_the_main_model_of_its_architecture_first(runs, tmp_path, capsys):
     bundle = new_bundle(tmp_path)
     assert bundle_demo_model.main([str(runs["caption"]), "--bundle", str(bundle), *CAPTION]) == 2

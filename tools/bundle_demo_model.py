@@ -77,8 +77,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sampling",
         default="",
-        help="the main model's text2image defaults, e.g. \"--top_k 30 --guidance-scale 3\" (the launchers' "
-        "released-model settings do not suit a small demo model; a user's own arguments still come last)",
+        help="the model's sampling defaults for its own roles: the main model's text2image line, e.g. "
+        '"--top_k 30 --guidance-scale 3", or the caption model\'s caption line, e.g. "--temperature 0.5" '
+        "(the launchers' released-model settings do not suit a small demo model; a user's own arguments "
+        "still come last)",
     )
     parser.add_argument(
         "--dtype",
@@ -89,8 +91,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if (args.model == SUPER_RESOLUTION) != (args.max_position_embeddings_finetune is not None):
         parser.error("--max-position-embeddings-finetune goes with --model super-resolution, and only there.")
-    if args.sampling and args.model != MAIN:
-        parser.error("--sampling sets the main model's text2image defaults; it goes with --model main.")
+    if args.sampling and args.model == SUPER_RESOLUTION:
+        parser.error(
+            "--sampling sets text2image's or the captions' defaults; it goes with --model main or caption."
+        )
     return args
 
 
@@ -128,11 +132,15 @@ def main_manifest_text(args: argparse.Namespace) -> str:
     )
 
 
-def caption_manifest_text() -> str:
-    """The caption model's part of ``models.args``: the caption role and text2image's scorer, which follow
-    the main part's lines of the same roles (the last ``--load`` / ``--post-select-load`` is the one read)."""
+def caption_manifest_text(args: argparse.Namespace) -> str:
+    """The caption model's part of ``models.args``: the caption role (with the ``--sampling`` defaults) and
+    text2image's scorer, which follow the main part's lines of the same roles (the last ``--load`` /
+    ``--post-select-load`` is the one read)."""
     folder = MODEL_FOLDERS[CAPTION]
-    return f"{HEADERS[CAPTION]}\ntext2image: --post-select-load {folder}\ncaption: --load {folder}\n"
+    sampling = f" {args.sampling}" if args.sampling else ""
+    return (
+        f"{HEADERS[CAPTION]}\ntext2image: --post-select-load {folder}\ncaption: --load {folder}{sampling}\n"
+    )
 
 
 def sr_manifest_text(args: argparse.Namespace) -> str:
@@ -174,7 +182,7 @@ def manifest_text(args: argparse.Namespace, existing: Path) -> str:
                 "model scores text2image's samples with the main model's arguments, so bundle a main model "
                 "of its architecture first"
             )
-        parts[CAPTION] = caption_manifest_text()
+        parts[CAPTION] = caption_manifest_text(args)
     else:
         parts[MAIN] = parts[MAIN] or tokenizer_line(args.image_size)
         parts[SUPER_RESOLUTION] = sr_manifest_text(args)
