@@ -176,7 +176,8 @@ done
 # The caption GPT: the GPT above finetuned (--finetune: its weights, iteration 0, a fresh optimizer) on
 # caption rows only, of the split's own composites and of DEMO_CAPTION_COPIES fresh ones per silhouette
 # (new placements and colours), with the text positions weighted up. One GPT for both layouts named the
-# right animal in about half of its captions; the caption model is also text2image's post-selection scorer.
+# right animal in about half of its captions. It takes the caption role (image2text, post-selection);
+# text2image keeps the GPT as its scorer, which ranked the GPT's own samples slightly better.
 caption_work="$work/caption"
 stage "caption composites → $caption_work/train"
 "$python" tools/build_demo_data.py --output "$caption_work" "${source_args[@]}" "${per_animal[@]}" \

@@ -33,9 +33,8 @@ super-resolution: --num-layers 1 --hidden-size 32 --num-attention-heads 2 --max-
 --max-position-embeddings-finetune 104 --load cogview-demo-sr
 """
 CAPTION_LINES = """\
-# The bundled caption GPT (scripts/train_demo.sh): the demo GPT finetuned on captions, also text2image's \
-post-selection scorer.
-text2image: --post-select-load cogview-demo-caption
+# The bundled caption GPT (scripts/train_demo.sh): the demo GPT finetuned on captions, for image2text and \
+post-selection.
 caption: --load cogview-demo-caption
 """
 
@@ -123,15 +122,15 @@ def test_fp32_storage_keeps_the_trained_weights_exactly(runs, tmp_path):
         torch.testing.assert_close(bundled["module"][key], weight, rtol=0, atol=0)
 
 
-def test_the_caption_model_takes_the_caption_role_and_text2image_scoring(runs, tmp_path):
+def test_the_caption_model_takes_the_caption_role_and_text2image_keeps_its_scorer(runs, tmp_path):
     bundle = new_bundle(tmp_path)
     run_tool(runs["main"], bundle, MAIN)
     run_tool(runs["caption"], bundle, CAPTION)
     caption, main = str(bundle / "cogview-demo-caption"), str(bundle / "cogview-demo")
     text2image = choose_model("text2image", [], tmp_path).arguments
-    assert text2image[-4:] == ["--post-select-load", main, "--post-select-load", caption]  # the last is read
-    assert text2image[text2image.index("--load") + 1] == main
-    assert choose_model("caption", [], tmp_path).arguments[-2:] == ["--load", caption]
+    assert text2image[-4:] == ["--load", main, "--post-select-load", main]
+    caption_role = choose_model("caption", [], tmp_path).arguments
+    assert caption_role[-4:] == ["--load", main, "--load", caption]  # the last is the one read
     web = choose_model("web", [], tmp_path).arguments
     assert web[web.index("--load-caption") + 1] == caption
     assert not any(word.startswith("--caption-model-args") for word in web)  # the main model's architecture

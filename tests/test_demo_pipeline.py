@@ -141,14 +141,13 @@ def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
     )
 
 
-def test_the_bundled_caption_gpt_is_the_gpt_finetuned_and_scores_text2image(finished):
+def test_the_bundled_caption_gpt_is_the_gpt_finetuned_with_the_caption_role(finished):
     gpt = next((finished / "work" / "gpt").glob("demo_gpt*"))
     run = finished / "work" / "caption" / "gpt" / gpt.name  # a finetune is saved under its model's name
     assert_bundled_is_last_checkpoint(run, finished / "bundle" / "cogview-demo-caption", "3")
     assert torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)["iteration"] == 3
     lines = (finished / "bundle" / "models.args").read_text().splitlines()
-    assert "text2image: --post-select-load cogview-demo-caption" in lines
-    assert "caption: --load cogview-demo-caption" in lines
+    assert lines[lines.index("caption: --load cogview-demo") + 2] == "caption: --load cogview-demo-caption"
 
 
 def test_super_resolution_rows_match_an_independent_encoding(finished):
