@@ -4,7 +4,7 @@
 # GPT (that GPT finetuned on caption rows of fresh composites; bundle) → the super-resolution GPT (its
 # datasets, training, bundle). Resumable: after an interruption (Ctrl-C, kill,
 # power loss) rerun the same command; finished stages are skipped and the VQ-VAE training, preprocessing
-# and both GPT trainings continue where they stopped (a GPT from its last checkpoint). Environment
+# and every GPT training continue where they stopped (a GPT from its last checkpoint). Environment
 # (defaults in brackets; sizes are the bundled models'):
 #   DEMO_WORK [data/demo]          data, tokenizers, datasets and logs of the run
 #   DEMO_BUNDLE [pretrained/demo]  where the finished tokenizers and classifier are copied
@@ -179,7 +179,7 @@ done
 # right animal in about half of its captions. It takes the caption role (image2text, post-selection);
 # text2image keeps the GPT as its scorer, which ranked the GPT's own samples slightly better.
 caption_work="$work/caption"
-stage "caption composites → $caption_work/train"
+stage "caption composites → $caption_work/train"  # seed 7: placements and colours other than the split's
 "$python" tools/build_demo_data.py --output "$caption_work" "${source_args[@]}" "${per_animal[@]}" \
   --splits train --train-copies "${DEMO_CAPTION_COPIES:-6}" --seed 7
 caption_lmdb="$work/lmdb/demo_caption_train_i2t.lmdb"

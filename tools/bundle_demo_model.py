@@ -2,7 +2,7 @@
 
     python tools/bundle_demo_model.py data/demo/gpt/demo_gpt12-01-09-45 --bundle pretrained/demo \\
         --num-layers 6 --hidden-size 192 --num-attention-heads 6 --max-position-embeddings 280 --image-size 32
-    python tools/bundle_demo_model.py data/demo/caption/gpt/demo_caption12-01-13-50 \\
+    python tools/bundle_demo_model.py data/demo/caption/gpt/demo_gpt12-01-09-45 \\
         --bundle pretrained/demo --model caption --num-layers 6 --hidden-size 192 --num-attention-heads 6 \\
         --max-position-embeddings 280 --image-size 32
     python tools/bundle_demo_model.py data/demo/sr/demo_sr12-01-11-13 --bundle pretrained/demo \\
@@ -65,7 +65,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         choices=tuple(MODEL_FOLDERS),
         default=MAIN,
         help="main: text2image and captions (default); caption: the main model finetuned on captions "
-        "(captions and text2image's post-selection); super-resolution: the magnify model",
+        "(image2text and the post-selection task); super-resolution: the magnify model",
     )
     for flag in ("--num-layers", "--hidden-size", "--num-attention-heads", "--max-position-embeddings"):
         parser.add_argument(flag, type=int, required=True, help="as the model was trained")
@@ -180,8 +180,8 @@ def manifest_text(args: argparse.Namespace, existing: Path) -> str:
         if f"common: {architecture(args)}\n" not in parts[MAIN]:
             raise InputError(
                 f"{existing} has no main model of the architecture {architecture(args)!r}; the caption "
-                "model scores text2image's samples with the main model's arguments, so bundle a main model "
-                "of its architecture first"
+                "model is named on the main model's arguments (architecture and tokenizers), so bundle a "
+                "main model of its architecture first"
             )
         parts[CAPTION] = caption_manifest_text(args)
     else:
