@@ -351,11 +351,13 @@ def _add_text_generation_args(parser: argparse.ArgumentParser) -> None:
     )
     group.add_argument(
         "--post-select-load",
-        type=str,
+        nargs="+",
         default=None,
-        help="(added) the caption model scoring --post-select candidates (e.g. cogview-caption), same "
-        "architecture as --load, loaded only with K > 1; default: the --load model itself (one model "
-        "trained on both layouts)",
+        metavar="DIR",
+        help="(added) the caption model(s) scoring --post-select candidates (e.g. cogview-caption), same "
+        "architecture as --load, loaded only with K > 1 (the --load folder itself is not loaded twice); "
+        "with several, a candidate's score is the sum of theirs (the product of their caption "
+        "probabilities); default: the --load model itself (one model trained on both layouts)",
     )
 
 

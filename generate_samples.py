@@ -13,6 +13,7 @@ This file only wires things together: the work is in ``generation/``.
 import argparse
 import sys
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -58,15 +59,24 @@ def read_slots(args: argparse.Namespace) -> tuple[Iterable[Slot], int | None]:
     return as_slots(shared_queries(interactive_queries() if args.rank == 0 else None)), None
 
 
-def build_caption_model(args: argparse.Namespace, num_tokens: int, device: torch.device) -> GPT2Model | None:
-    """The ``--post-select-load`` caption model, when text2image post-selection uses a second checkpoint.
+def build_caption_models(
+    args: argparse.Namespace, model: GPT2Model, num_tokens: int, device: torch.device
+) -> tuple[GPT2Model, ...]:
+    """The ``--post-select-load`` caption models, when text2image post-selection uses their checkpoints.
 
-    None otherwise: the task then scores with the main model (trained on both layouts, or, for the
-    post-selection task, the caption model itself).
+    A folder that is ``--load``'s own is served by ``model`` rather than loaded twice. Empty otherwise:
+    the task then scores with the main model (trained on both layouts, or, for the post-selection task,
+    the caption model itself).
     """
     if args.post_select == 1 or args.post_select_load is None:
-        return None
-    return build_model(args, num_tokens, device, model_dtype(args), load=args.post_select_load)
+        return ()
+    main_folder = Path(args.load).resolve()
+    return tuple(
+        model
+        if Path(folder).resolve() == main_folder
+        else build_model(args, num_tokens, device, model_dtype(args), load=folder)
+        for folder in args.post_select_load
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -114,7 +124,7 @@ def generate(args: argparse.Namespace, device: torch.device) -> int:
             progress=True,
             guidance_scale=args.guidance_scale,
             post_select=args.post_select,
-            caption_model=build_caption_model(args, tokenizer.num_tokens, device),
+            caption_models=build_caption_models(args, model, tokenizer.num_tokens, device),
         )
     except InputError as error:
         print(f"error: {error}", file=sys.stderr)

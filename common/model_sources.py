@@ -36,7 +36,7 @@ the arguments to use, one per line, on stdout, and the one line saying which mod
 import os
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,6 +76,7 @@ PATH_FLAGS = frozenset(
         "--text-tokenizer-path",
     }
 )
+MULTI_PATH_FLAGS = frozenset({"--post-select-load"})  # one or more folders (nargs="+")
 
 
 class ManifestError(InputError):
@@ -120,29 +121,33 @@ def read_manifest(path: Path) -> dict[str, list[str]]:
     return {role: [*common, *arguments] for role, arguments in entries.items()}
 
 
+def _path_slots(words: Sequence[str]) -> Iterator[tuple[int, str, str]]:
+    """``(index, prefix, path)`` for each path a path flag of ``words`` names: prefix ``""`` when the
+    path is a word of its own (``--load DIR``; every word up to the next option after a
+    ``MULTI_PATH_FLAGS`` flag), ``"--flag="`` when it is joined to its flag (``--load=DIR``)."""
+    taking = None  # the path flag whose separate values come next
+    for index, word in enumerate(words):
+        if word.startswith("--"):
+            flag, equals, value = word.partition("=")
+            if equals and flag in PATH_FLAGS:
+                yield index, f"{flag}=", value
+            taking = word if not equals and word in PATH_FLAGS else None
+        elif taking is not None:
+            yield index, "", word
+            taking = taking if taking in MULTI_PATH_FLAGS else None
+
+
 def _absolute_paths(words: list[str], folder: Path) -> list[str]:
     """``words`` with each path flag's value (``--load DIR``, ``--load=DIR``) read relative to ``folder``."""
-    absolute = []
-    for index, word in enumerate(words):
-        flag, equals, value = word.partition("=")
-        if index > 0 and words[index - 1] in PATH_FLAGS:
-            word = str(folder / word)
-        elif equals and flag in PATH_FLAGS:
-            word = f"{flag}={folder / value}"
-        absolute.append(word)
+    absolute = list(words)
+    for index, prefix, path in _path_slots(words):
+        absolute[index] = f"{prefix}{folder / path}"
     return absolute
 
 
 def _named_paths(arguments: Sequence[str]) -> list[Path]:
     """The paths the path flags of ``arguments`` name, in both spellings."""
-    paths = []
-    for index, word in enumerate(arguments):
-        flag, equals, value = word.partition("=")
-        if equals and flag in PATH_FLAGS:
-            paths.append(Path(value))
-        elif word in PATH_FLAGS and index + 1 < len(arguments):
-            paths.append(Path(arguments[index + 1]))
-    return paths
+    return [Path(path) for _, _, path in _path_slots(arguments)]
 
 
 def _flag_value(arguments: Sequence[str], flag: str) -> str | None:

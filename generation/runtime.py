@@ -47,11 +47,12 @@ def check_weights(args: argparse.Namespace) -> None:
         read_tracker(args.load)
     except CheckpointNotFoundError as error:
         raise MissingWeightsError(f"{error}: {where}") from error
-    if args.post_select_load is not None and args.post_select > 1:
-        try:
-            read_tracker(args.post_select_load)
-        except CheckpointNotFoundError as error:
-            raise MissingWeightsError(f"--post-select-load: {error}") from error
+    if args.post_select > 1:
+        for folder in args.post_select_load or ():
+            try:
+                read_tracker(folder)
+            except CheckpointNotFoundError as error:
+                raise MissingWeightsError(f"--post-select-load: {error}") from error
     vqvae_where = f"put the released VQ-VAE at {RELEASED_VQVAE_HINT} or pass --img-tokenizer-path FILE"
     if args.img_tokenizer_path is None:
         raise MissingWeightsError(f"no VQ-VAE given: {vqvae_where}")
@@ -131,7 +132,7 @@ def build_model(
 ) -> GPT2Model:
     """``GPT2Model`` from the size arguments, loaded from ``load`` (default ``--load``), eval, on ``device``.
 
-    ``load`` serves a second model of the same architecture, e.g. the ``--post-select-load`` caption model.
+    ``load`` serves another model of the same architecture, e.g. a ``--post-select-load`` caption model.
 
     The vocabulary is ``num_tokens`` padded to a multiple of 128 × the model-parallel size, as the original
     (``model.config.vocab_size``). There is no ``max_memory_length``: generation uses the key/value cache.

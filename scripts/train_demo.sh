@@ -176,8 +176,8 @@ done
 # The caption GPT: the GPT above finetuned (--finetune: its weights, iteration 0, a fresh optimizer) on
 # caption rows only, of the split's own composites and of DEMO_CAPTION_COPIES fresh ones per silhouette
 # (new placements and colours), with the text positions weighted up. One GPT for both layouts named the
-# right animal in about half of its captions. It takes the caption role (image2text, post-selection);
-# text2image keeps the GPT as its scorer, which ranked the GPT's own samples slightly better.
+# right animal in about half of its captions. It takes the caption role (image2text, post-selection)
+# and joins the GPT as text2image's second scorer (the sum of both picked right candidates more often).
 caption_work="$work/caption"
 stage "caption composites → $caption_work/train"  # seed 7: placements and colours other than the split's
 "$python" tools/build_demo_data.py --output "$caption_work" "${source_args[@]}" "${per_animal[@]}" \

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from arguments import get_args
 from common.model_sources import choose_model
 from data_utils import UnifiedTokenizer
 from model.checkpoint import save_checkpoint
@@ -36,6 +37,7 @@ CAPTION_LINES = """\
 # The bundled caption GPT (scripts/train_demo.sh): the demo GPT finetuned on captions, for image2text and \
 post-selection.
 caption: --load cogview-demo-caption
+text2image: --post-select-load cogview-demo cogview-demo-caption
 """
 
 
@@ -122,13 +124,22 @@ def test_fp32_storage_keeps_the_trained_weights_exactly(runs, tmp_path):
         torch.testing.assert_close(bundled["module"][key], weight, rtol=0, atol=0)
 
 
-def test_the_caption_model_takes_the_caption_role_and_text2image_keeps_its_scorer(runs, tmp_path):
+def test_the_caption_model_takes_the_caption_role_and_joins_text2image_s_scorer(runs, tmp_path):
     bundle = new_bundle(tmp_path)
     run_tool(runs["main"], bundle, MAIN)
     run_tool(runs["caption"], bundle, CAPTION)
     caption, main = str(bundle / "cogview-demo-caption"), str(bundle / "cogview-demo")
     text2image = choose_model("text2image", [], tmp_path).arguments
-    assert text2image[-4:] == ["--load", main, "--post-select-load", main]
+    assert text2image[-7:] == [
+        "--load",
+        main,
+        "--post-select-load",
+        main,
+        "--post-select-load",
+        main,
+        caption,
+    ]
+    assert get_args(text2image).post_select_load == [main, caption]  # the last one is read
     caption_role = choose_model("caption", [], tmp_path).arguments
     assert caption_role[-4:] == ["--load", main, "--load", caption]  # the last is the one read
     web = choose_model("web", [], tmp_path).arguments

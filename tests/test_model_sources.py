@@ -84,6 +84,23 @@ def test_bundled_models_are_read_from_the_manifest_with_paths_beside_it(tmp_path
     assert web.arguments == [*choice.arguments, "--load-caption", str(demo / "caption")]
 
 
+SCORERS = """\
+common: --img-tokenizer-path vqvae.pt
+text2image: --load t2i --post-select-load t2i caption --top_k 30
+caption: --load caption
+"""
+
+
+def test_every_folder_of_a_multi_folder_flag_is_read_beside_the_manifest_and_must_exist(tmp_path):
+    demo = bundled(tmp_path, SCORERS)
+    assert choose_model("text2image", [], tmp_path).arguments == [
+        *("--img-tokenizer-path", str(demo / "vqvae.pt"), "--load", str(demo / "t2i")),
+        *("--post-select-load", str(demo / "t2i"), str(demo / "caption"), "--top_k", "30"),
+    ]
+    shutil.rmtree(demo / "caption")  # the second scorer is gone: the bundle is incomplete
+    assert choose_model("text2image", [], tmp_path).source == "missing"
+
+
 def test_given_models_win_and_nothing_is_said(tmp_path):
     bundled(tmp_path, MANIFEST)
     vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")

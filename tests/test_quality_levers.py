@@ -56,13 +56,15 @@ def query(tok, caption_ids: list[int]) -> list[int]:
     return [tok["[ROI1]"], *caption_ids, tok["[TINY]"], tok["[BOI1]"], *[-1] * CODES]
 
 
-@pytest.mark.parametrize("own_caption_model", [False, True])
-def test_post_select_keeps_the_best_scored_candidate_of_each_image(
-    ctx, caption_checkpoint, own_caption_model
-):
-    scorer = caption_checkpoint[1] if own_caption_model else ctx.model
+@pytest.mark.parametrize("scorers", ["main", "caption", "both"])
+def test_post_select_keeps_the_best_scored_candidate_of_each_image(ctx, caption_checkpoint, scorers):
+    caption_models = {
+        "main": (),
+        "caption": (caption_checkpoint[1],),
+        "both": (ctx.model, caption_checkpoint[1]),
+    }
     run = dataclasses.replace(
-        ctx, post_select=3, caption_model=scorer if own_caption_model else None, generator=torch.Generator()
+        ctx, post_select=3, caption_models=caption_models[scorers], generator=torch.Generator()
     )
     run.generator.manual_seed(5)
     result = TASKS["text2image"].run(run, [CAPTION])
@@ -74,22 +76,12 @@ def test_post_select_keeps_the_best_scored_candidate_of_each_image(
         ctx.model, query(tok, caption_ids), six, tokenizer=tok, generator=torch.Generator().manual_seed(5)
     )
     first_text = 2 + CODES + 2  # [TINY] [BOI1] codes [EOI1] [ROI1]
-    scores = [
-        hand_score(
-            scorer,
-            tok,
-            [
-                tok["[TINY]"],
-                tok["[BOI1]"],
-                *row[-CODES:].tolist(),
-                tok["[EOI1]"],
-                tok["[ROI1]"],
-                *caption_ids,
-            ],
-            first_text,
-        )
+    rows = [
+        [tok["[TINY]"], tok["[BOI1]"], *row[-CODES:].tolist(), tok["[EOI1]"], tok["[ROI1]"], *caption_ids]
         for row in candidates
     ]
+    scorer_models = caption_models[scorers] or (ctx.model,)  # several: their scores add up
+    scores = [sum(hand_score(model, tok, row, first_text) for model in scorer_models) for row in rows]
     best = [max(range(3), key=lambda k, g=g: scores[3 * g + k]) for g in range(2)]
     assert len(result.samples) == 2
     for image, group, k in zip(result.samples, range(2), best, strict=True):
@@ -164,7 +156,7 @@ def test_unknown_words_of_cog_pretrain_are_the_characters_it_lacks(real_tokenize
     assert unk in real_sp.encode("🦄") and unk not in real_sp.encode("一只可爱的猫")
 
 
-def test_text2image_cli_post_selects_with_a_caption_model_and_names_unknown_words(
+def test_text2image_cli_post_selects_with_two_caption_models_and_names_unknown_words(
     tiny_cogview, caption_checkpoint, tmp_path, capsys
 ):
     queries = tmp_path / "input.txt"
@@ -175,6 +167,7 @@ def test_text2image_cli_post_selects_with_a_caption_model_and_names_unknown_word
         "--post-select",
         "2",
         "--post-select-load",
+        str(tiny_cogview["checkpoint"]),
         str(caption_checkpoint[0]),
         "--guidance-scale",
         "1.5",
@@ -187,6 +180,30 @@ def test_text2image_cli_post_selects_with_a_caption_model_and_names_unknown_word
     ]
     assert len(re.findall(r"line \d: post-selection: kept candidate \d, \d of 2 per image", stdout)) == 2
     assert sorted(path.name for path in (out / "一只猫🦄").iterdir()) == ["0.jpg", "1.jpg", "concat.jpg"]
+
+
+def test_the_load_folder_among_the_scorers_is_the_main_model_not_a_second_copy(
+    ctx, tiny_cogview, caption_checkpoint
+):
+    folders = [str(tiny_cogview["checkpoint"]), str(caption_checkpoint[0])]
+    args = get_args([*tiny_args(tiny_cogview, "--post-select", "2", "--post-select-load"), *folders])
+    first, second = generate_samples.build_caption_models(
+        args, ctx.model, ctx.tokenizer.num_tokens, torch.device("cpu")
+    )
+    assert first is ctx.model
+    assert second is not ctx.model
+    assert torch.equal(second.word_embeddings.weight, caption_checkpoint[1].word_embeddings.weight)
+    without = get_args(tiny_args(tiny_cogview, "--post-select-load", str(caption_checkpoint[0])))
+    assert generate_samples.build_caption_models(without, ctx.model, 0, torch.device("cpu")) == ()  # K = 1
+
+
+def test_a_missing_second_scorer_is_named_before_anything_loads(tiny_cogview, tmp_path, capsys):
+    argv = tiny_args(tiny_cogview, "--post-select", "2", "--output-path", str(tmp_path / "out"))
+    argv += ["--input-source", str(tmp_path / "unread.txt")]
+    argv += ["--post-select-load", str(tiny_cogview["checkpoint"]), str(tmp_path / "nowhere")]
+    assert generate_samples.main(argv) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert line.startswith("error: --post-select-load: ") and str(tmp_path / "nowhere") in line
 
 
 @pytest.mark.parametrize(

@@ -11,10 +11,10 @@
 
 The main model (``--model main``, the default) goes to ``{bundle}/cogview-demo/``, named in the manifest
 ``{bundle}/models.args`` for text2image, its post-selection scorer and the caption roles. The caption model
-(``--model caption``, the main model finetuned on captions) goes to ``{bundle}/cogview-demo-caption/`` and
-takes over the caption role (image2text, post-selection); it must have the main model's architecture (it is
-named on the main model's ``common:`` arguments and may become text2image's ``--post-select-load``), so the
-main model is bundled first. The super-resolution
+(``--model caption``, the main model finetuned on captions) goes to ``{bundle}/cogview-demo-caption/``, takes
+over the caption role (image2text, post-selection) and joins the main model as text2image's second
+``--post-select-load`` scorer; it must have the main model's architecture (it is named on the main model's
+``common:`` arguments), so the main model is bundled first. The super-resolution
 model (``--model super-resolution``) goes to ``{bundle}/cogview-demo-sr/``, named for the super-resolution
 role with its own architecture (its line's arguments override ``common:``). Each folder holds a tracker and
 ``{iteration}/mp_rank_00_model_states.pt``: the weights of the newest checkpoint of the training run,
@@ -135,13 +135,19 @@ def main_manifest_text(args: argparse.Namespace) -> str:
 
 def caption_manifest_text(args: argparse.Namespace) -> str:
     """The caption model's part of ``models.args``: the caption role (with the ``--sampling`` defaults),
-    which follows the main part's caption line (the last ``--load`` is the one read).
+    which follows the main part's caption line (the last ``--load`` is the one read), and text2image's
+    post-selection scorers, which replace the main part's (the last ``--post-select-load`` is read).
 
-    text2image keeps the main model as its post-selection scorer: on the demo's generated candidates it
-    ranked slightly better than the caption model, which reads real composites far better (README).
+    text2image scores its candidates with both GPTs, summed: on the demo's generated candidates that picked
+    a right one more often than either alone (README).
     """
     sampling = f" {args.sampling}" if args.sampling else ""
-    return f"{HEADERS[CAPTION]}\ncaption: --load {MODEL_FOLDERS[CAPTION]}{sampling}\n"
+    scorers = f"{MODEL_FOLDERS[MAIN]} {MODEL_FOLDERS[CAPTION]}"
+    return (
+        f"{HEADERS[CAPTION]}\n"
+        f"caption: --load {MODEL_FOLDERS[CAPTION]}{sampling}\n"
+        f"text2image: --post-select-load {scorers}\n"
+    )
 
 
 def sr_manifest_text(args: argparse.Namespace) -> str:

@@ -62,8 +62,9 @@ class TaskContext:
     ``args`` supplies the sampling settings, read once into :attr:`sampling`, and the length limits.
     ``generator`` makes sampling reproducible; ``progress`` shows a bar over generated tokens. The quality
     levers of text2image: ``guidance_scale`` (classifier-free guidance, 1 = off), ``post_select``
-    (candidates drawn per image, 1 = off) and ``caption_model``, the image → text model that scores them
-    and post-selection's images (None: ``model``, trained on both layouts).
+    (candidates drawn per image, 1 = off) and ``caption_models``, the image → text models that score them
+    and post-selection's images, each candidate by the sum of their scores (empty: ``model``, trained on
+    both layouts).
     """
 
     model: GPT2Model
@@ -74,7 +75,7 @@ class TaskContext:
     progress: bool = False
     guidance_scale: float = 1.0
     post_select: int = 1
-    caption_model: GPT2Model | None = None
+    caption_models: tuple[GPT2Model, ...] = ()
     grid_side: int = field(init=False)
     sampling: SamplingConfig = field(init=False)
 
@@ -155,14 +156,22 @@ class TaskContext:
         )
 
     def score(self, rows: Sequence[Sequence[int]]) -> torch.Tensor:
-        """Post-selection scores ``[len(rows)]`` of image2text ``rows``, by the caption model."""
-        return score_in_batches(
-            self.caption_model or self.model,
-            rows,
-            self.tokenizer,
-            self.sampling.max_inference_batch_size,
-            self.args.make_vocab_size_divisible_by,
-        )
+        """Post-selection scores ``[len(rows)]`` of image2text ``rows``: the sum of each caption model's.
+
+        A sum of log-likelihoods, i.e. the product of the models' caption probabilities: a candidate ranks
+        high only if every model reads the caption from it.
+        """
+        scores = [
+            score_in_batches(
+                model,
+                rows,
+                self.tokenizer,
+                self.sampling.max_inference_batch_size,
+                self.args.make_vocab_size_divisible_by,
+            )
+            for model in self.caption_models or (self.model,)
+        ]
+        return torch.stack(scores).sum(dim=0)
 
     def unknown_words_notice(self, text: str) -> list[str]:
         """One line naming the words of ``text`` the text tokenizer does not know; empty when there are none.
