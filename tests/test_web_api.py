@@ -8,6 +8,7 @@ command line's query language.
 import argparse
 import asyncio
 import base64
+import dataclasses
 import io
 import json
 import re
@@ -21,12 +22,15 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from arguments import get_args
+from common.errors import MissingInputError
 from data_utils import UnifiedTokenizer, unified_tokenizer
+from generation.runtime import build_model
 from generation.tasks import TASKS, TaskContext
 from model import GPT2Model
 from model.checkpoint import save_checkpoint
 from model.partition import padded_vocab_size
 from tests.helpers.tiny_cogview import tiny_cogview_argv
+from tools.make_tiny_cogview import make_tiny_cogview
 from web.app import create_app
 from web.backend import Backend, Models, Sampling, positions_of
 from web.jobs import Cancelled, Job, JobQueue
@@ -240,6 +244,42 @@ def test_text2image_guidance_equals_the_text2image_task(client, backend):
     assert not np.array_equal(pixels(plain[0]), guided[0]), "guidance changes the images"
 
 
+def test_text2image_post_select_sums_the_scorers_as_the_text2image_task(backend, tmp_path_factory):
+    """With ``--post-select-load`` models the candidates rank by the sum of their scores, as in the task."""
+    other_folder = make_tiny_cogview(tmp_path_factory.mktemp("scorer") / "tiny", seed=1)["checkpoint"]
+    other = build_model(backend.args, backend.tokenizer.num_tokens, torch.device("cpu"), load=other_folder)
+    scorers = (backend.models.base, other)
+    models = dataclasses.replace(backend.models, scorers=scorers)
+    scored = Backend(models, backend.tokenizer, backend.args, backend.image_size)
+    prompt = "一只可爱的猫"
+    settings = Sampling(temperature=1.0, top_k=TOP_K, seed=SEED, post_select=3)
+    ids, caption_ids = scored.text2image_ids(prompt), scored.check_scored_prompt(prompt)
+    kept = scored.text2image(ids, 2, settings, Recorder(), caption_ids)
+    context = dataclasses.replace(reference_context(backend, 2, post_select=3), caption_models=scorers)
+    (line,) = [line for line in TASKS["text2image"].run(context, [prompt]).report if "post-selection" in line]
+    picks = [details["candidate"] for details in kept]
+    assert line.startswith(f"post-selection: kept candidate {picks[0]}, {picks[1]} of 3 per image")
+    reported = [float(x) for x in re.search(r"scores (.*)\)", line).group(1).split(", ")]
+    np.testing.assert_allclose([details["score"] for details in kept], reported, atol=1e-3)
+
+
+def test_the_scorers_are_checked_and_loaded_once_per_folder(tiny_cogview, tmp_path):
+    folder = str(tiny_cogview["checkpoint"])
+    missing = get_args([*model_argv(tiny_cogview), "--post-select-load", folder, str(tmp_path / "gone")])
+    with pytest.raises(MissingInputError, match=f"^--post-select-load: .*{tmp_path / 'gone'}"):
+        load_backend(web_parser().parse_args([]), missing)
+    original = unified_tokenizer._TOKENIZER
+    try:
+        loaded = load_backend(
+            web_parser().parse_args(["--load-caption", folder]),
+            get_args([*model_argv(tiny_cogview), "--post-select-load", folder]),
+        )
+    finally:
+        unified_tokenizer._TOKENIZER = original
+    assert loaded.models.scorers == (loaded.models.base,) and loaded.models.scorers[0] is loaded.models.base
+    assert loaded.models.caption is loaded.models.base
+
+
 class Recorder:
     """A :class:`web.backend.Reporter` that records what a task reports and cancels after ``stop_after``."""
 
@@ -261,7 +301,7 @@ class Recorder:
 def test_text2image_levers_count_every_candidate_and_cancel(backend):
     """Progress counts the tokens of all K·n candidates (guided or not); a cancel stops the drawing."""
     ids = backend.text2image_ids("一只猫")
-    caption_ids = backend.check_caption("一只猫", "prompt")
+    caption_ids = backend.check_scored_prompt("一只猫")
     settings = Sampling(temperature=1.0, top_k=TOP_K, seed=SEED, post_select=2, guidance_scale=2.0)
     recorder = Recorder()
     kept = backend.text2image(ids, 2, settings, recorder, caption_ids)
@@ -476,7 +516,8 @@ def test_levers_are_refused_where_they_do_not_apply(backend, jobs, image_files):
     with TestClient(create_app(base_only, jobs)) as client:
         response = client.post("/api/text2image", json={"prompt": "cat", "post_select": 2})
     assert response.status_code == 400 and response.json() == {
-        "error": "post_select needs the caption model, and this server has none loaded (--load-caption)"
+        "error": "post_select needs a model to score with, and this server has none loaded "
+        "(--load-caption or --post-select-load)"
     }
     with TestClient(create_app(backend, jobs)) as client:
         response = client.post("/api/image2text", files=[upload(image_files[0])], data={"post_select": "2"})

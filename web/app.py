@@ -16,7 +16,6 @@ with ``{"error": "one sentence"}``; a full queue is 429.
 
 import asyncio
 import dataclasses
-import functools
 import json
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -236,7 +235,9 @@ def create_app(
         """Refuse a quality lever this backend lacks (rather than ignore it) and too many candidates."""
         if body.post_select > 1 and not backend.options["post_select"]:
             raise HTTPException(
-                400, "post_select needs the caption model, and this server has none loaded (--load-caption)"
+                400,
+                "post_select needs a model to score with, and this server has none loaded "
+                "(--load-caption or --post-select-load)",
             )
         candidates = body.num_images * body.post_select
         if candidates > limits.max_candidates:
@@ -301,7 +302,7 @@ def create_app(
         ids = checked(backend.text2image_ids, prompt)
         caption_ids = None
         if body.post_select > 1:
-            caption_ids = checked(functools.partial(backend.check_caption, what="prompt"), prompt)
+            caption_ids = checked(backend.check_scored_prompt, prompt)
         settings = dataclasses.replace(
             sampling(body), post_select=body.post_select, guidance_scale=body.guidance_scale
         )

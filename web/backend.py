@@ -67,13 +67,15 @@ class Models:
 
     ``args``: the model arguments each extra model (``caption``, ``super_resolution``) was built with, its
     own where ``web.server`` was given ``--caption-model-args`` or ``--sr-model-args``; a role not named
-    here was built with the backend's arguments.
+    here was built with the backend's arguments. ``scorers``: the models text2image's post-selection sums
+    the scores of, as ``generate_samples.py --post-select-load`` does; empty: the caption model scores.
     """
 
     base: GPT2Model
     caption: GPT2Model | None = None
     super_resolution: GPT2Model | None = None
     args: Mapping[str, argparse.Namespace] = field(default_factory=dict)
+    scorers: tuple[GPT2Model, ...] = ()  # text2image's --post-select-load models (base architecture)
 
 
 def png_bytes(image: torch.Tensor) -> bytes:
@@ -120,10 +122,11 @@ class Backend:
     def options(self) -> dict[str, bool]:
         """Which :class:`Sampling` quality levers text2image offers here.
 
-        Post-selection scores candidates with the caption model, so it needs one loaded; guidance needs
-        only the base model (it helps only one trained with ``--caption-dropout``).
+        Post-selection scores candidates with the scorers or the caption model, so it needs one loaded;
+        guidance needs only the base model (it helps only one trained with ``--caption-dropout``).
         """
-        return {"post_select": self.models.caption is not None, "guidance_scale": True}
+        can_score = bool(self.models.scorers) or self.models.caption is not None
+        return {"post_select": can_score, "guidance_scale": True}
 
     # --- checks done before a request is queued (cheap: tokenising only) -----------------------------
 
@@ -142,15 +145,15 @@ class Backend:
         self._check_fits(len(ids), self.models.base, "prompt")
         return ids
 
-    def check_caption(self, caption: str, what: str = "caption") -> list[int]:
-        """The text ids of a caption to score images against, checked against the caption model's positions.
+    def check_caption(self, caption: str) -> list[int]:
+        """The text ids of a caption to score images against, checked against the caption model's
+        positions."""
+        return self._checked_text(caption, [self._model("caption")], "caption")
 
-        ``what`` names the text in the refusal (a text2image prompt, for post-select K).
-        """
-        ids = self.text_ids(caption)
-        length = layouts.non_text_length(layouts.IMAGE2TEXT, self.grid_side) + len(ids)
-        self._check_fits(length, self._model("caption"), what)
-        return ids
+    def check_scored_prompt(self, prompt: str) -> list[int]:
+        """The text ids of a text2image prompt that post-selection scores candidates against, checked
+        against each scorer's positions."""
+        return self._checked_text(prompt, [model for model, _ in self._scorers()], "prompt")
 
     def check_super_resolution_prompt(self, prompt: str) -> list[int]:
         """The super-resolution prefix ``[ROI1] text [size] [BOI1]``, checked against its longest window."""
@@ -174,8 +177,8 @@ class Backend:
         Samples come in forwards of at most ``--max-inference-batch-size``, all drawn from one generator in
         order, so they are the images of the text2image task at ``--batch-size count`` (and the same
         ``--post-select``, ``--guidance-scale``) with the same seed. With post-select K, ``count·K``
-        candidates are drawn; as soon as the K of an image are there, the caption model scores them against
-        ``caption_ids`` (the prompt's text ids, :meth:`check_caption`) and the best is reported, with
+        candidates are drawn; as soon as the K of an image are there, the scorers score them against
+        ``caption_ids`` (the prompt's text ids, :meth:`check_scored_prompt`) and the best is reported, with
         ``candidate`` (0-based) and ``score``. Progress counts the tokens of every candidate. Returns those
         details of each image (an empty list without post-selection).
         """
@@ -271,11 +274,29 @@ class Backend:
             return False
         return True
 
+    def _scorers(self) -> list[tuple[GPT2Model, int]]:
+        """text2image's post-selection scorers, each with its vocabulary's padding multiple: the
+        ``--post-select-load`` models (base architecture), else the caption model."""
+        if self.models.scorers:
+            return [(model, self.args.make_vocab_size_divisible_by) for model in self.models.scorers]
+        return [(self._model("caption"), self._args("caption").make_vocab_size_divisible_by)]
+
     def _caption_scores(self, rows: list[list[int]]) -> torch.Tensor:
-        """Post-selection scores of image2text ``rows`` by the caption model, as the text2image task's."""
-        multiple = self._args("caption").make_vocab_size_divisible_by
+        """Post-selection scores of image2text ``rows``: the sum of the scorers', as the text2image task's."""
         batch = self.args.max_inference_batch_size
-        return score_in_batches(self._model("caption"), rows, self.tokenizer, batch, multiple)
+        scores = [
+            score_in_batches(model, rows, self.tokenizer, batch, multiple)
+            for model, multiple in self._scorers()
+        ]
+        return torch.stack(scores).sum(dim=0)
+
+    def _checked_text(self, text: str, models: Sequence[GPT2Model], what: str) -> list[int]:
+        """The text ids of ``text``, checked to fit each of ``models`` in the image2text layout."""
+        ids = self.text_ids(text)
+        length = layouts.non_text_length(layouts.IMAGE2TEXT, self.grid_side) + len(ids)
+        for model in models:
+            self._check_fits(length, model, what)
+        return ids
 
     def _model(self, role: str) -> GPT2Model:
         model = getattr(self.models, role)

@@ -177,17 +177,20 @@ def load_backend(
 ) -> Backend:
     """Check every weight file, then load the tokenizer and each model once per folder and architecture.
 
+    text2image's post-selection scores with the ``--post-select-load`` models when ``args`` names any (as
+    ``generate_samples.py`` does), else with the caption model.
+
     ``own_args``: the arguments of the extra models given their own (:func:`extra_model_args`); the
     others are built with ``args``.
     """
     check_weights(args)
     folders = {role: _option_value(web, flag) for role, (flag, _) in EXTRA_MODELS.items()}
-    for role, folder in folders.items():
-        if folder is not None:
-            try:
-                read_tracker(folder)
-            except CheckpointNotFoundError as error:
-                raise MissingInputError(f"{EXTRA_MODELS[role][0]}: {error}") from None
+    named = [(EXTRA_MODELS[role][0], folder) for role, folder in folders.items() if folder is not None]
+    for flag, folder in [*named, *(("--post-select-load", folder) for folder in args.post_select_load or ())]:
+        try:
+            read_tracker(folder)
+        except CheckpointNotFoundError as error:
+            raise MissingInputError(f"{flag}: {error}") from None
     device = init_device(args)
     set_random_seed(args.seed, device)
     tokenizer = build_tokenizer(args, device)
@@ -208,7 +211,8 @@ def load_backend(
 
     role_args = {role: (own_args or {}).get(role, args) for role in EXTRA_MODELS}
     extras = {role: model(folder, role_args[role]) for role, folder in folders.items()}
-    models = Models(model(args.load, args), **extras, args=role_args)
+    scorers = tuple(model(folder, args) for folder in args.post_select_load or ())  # base architecture
+    models = Models(model(args.load, args), **extras, args=role_args, scorers=scorers)
     return Backend(models, tokenizer, args, args.image_size)
 
 
