@@ -16,11 +16,11 @@
 #   DEMO_VQ_SAVE_INTERVAL [100]    VQ-VAE steps between saves (how much an interruption can lose)
 #   DEMO_CLASSIFIER_EPOCHS [5]
 #   DEMO_GPT_LAYERS [6] DEMO_GPT_HIDDEN [192] DEMO_GPT_HEADS [6] DEMO_GPT_BATCH [16]
-#   DEMO_GPT_ITERS [11500] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [250]   the GPT and its training
+#   DEMO_GPT_ITERS [22000] DEMO_GPT_LR [1e-3] DEMO_GPT_SAVE_INTERVAL [250]   the GPT and its training
 #   DEMO_GPT_CAPTION_DROPOUT [0.1]  text2image rows shown without their caption (for --guidance-scale)
 #   DEMO_GPT_TXT_LOSS_SCALE [5]     weight of text positions (--txt-loss-scale): a caption's animal word is
 #                                  1 of ~264 predictions in its row, too little signal to learn shapes from
-#   DEMO_SAMPLING [--top_k 30 --guidance-scale 3 --post-select 8]   the bundle's text2image defaults
+#   DEMO_SAMPLING [--top_k 30 --guidance-scale 2 --post-select 16]   the bundle's text2image defaults
 #   DEMO_GPT_PRECISION [auto]      bf16 (autocast) or fp32; auto: bf16 where the CPU has AVX512-BF16 or
 #                                  AMX (1.6× faster there), fp32 elsewhere (bf16 is far slower on AVX2)
 #   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
@@ -136,7 +136,7 @@ gpt_heads="${DEMO_GPT_HEADS:-6}"
 gpt_positions=$(( grid * grid + 24 ))
 gpt_architecture=(--num-layers "$gpt_layers" --hidden-size "$gpt_hidden" --num-attention-heads "$gpt_heads"
   --max-position-embeddings "$gpt_positions")
-gpt_iters="${DEMO_GPT_ITERS:-11500}"
+gpt_iters="${DEMO_GPT_ITERS:-22000}"
 gpt_precision="${DEMO_GPT_PRECISION:-auto}"
 if [ "$gpt_precision" = auto ]; then
   gpt_precision=$("$python" -c 'from common.devices import cpu_has_fast_bf16; print("bf16" if cpu_has_fast_bf16() else "fp32")')
@@ -171,7 +171,7 @@ for file in "$text_model" "$vqvae_model" "$classifier"; do
   cp "$file" "$bundle/.$(basename "$file").tmp" && mv "$bundle/.$(basename "$file").tmp" "$bundle/$(basename "$file")"
 done
 "$python" tools/bundle_demo_model.py "$gpt_run" --bundle "$bundle" "${gpt_architecture[@]}" --image-size "$image_size" \
-  --sampling "${DEMO_SAMPLING:---top_k 30 --guidance-scale 3 --post-select 8}"
+  --sampling "${DEMO_SAMPLING:---top_k 30 --guidance-scale 2 --post-select 16}"
 
 # The caption GPT: the GPT above finetuned (--finetune: its weights, iteration 0, a fresh optimizer) on
 # caption rows only, of the split's own composites and of DEMO_CAPTION_COPIES fresh ones per silhouette
