@@ -68,7 +68,7 @@ class SamplingFields(BaseModel):
 class Text2ImageRequest(SamplingFields):
     """``POST /api/text2image``: a prompt, how many images to draw for it, and the quality levers.
 
-    ``post_select`` K draws K candidates per image and keeps the one the caption model scores best;
+    ``post_select`` K draws K candidates per image and keeps the one the server's scorers rank best;
     ``guidance_scale`` S is classifier-free guidance against the prompt without its caption. 1 = off.
     Left out, each is the server's own (its ``--post-select`` / ``--guidance-scale``, e.g. the bundled demo
     model's manifest defaults), as the command line would use.
@@ -222,7 +222,7 @@ def create_app(
         )
 
     def lever_defaults() -> dict[str, Any]:
-        """The server's post-select K (1 without a caption model to score) and guidance scale."""
+        """The server's post-select K (1 without a model to score with) and guidance scale."""
         post_select = getattr(backend.args, "post_select", 1) if backend.options["post_select"] else 1
         return {"post_select": post_select, "guidance_scale": getattr(backend.args, "guidance_scale", 1.0)}
 

@@ -8,8 +8,9 @@ Two quality levers (both off by default, as for the released weights):
 * ``--guidance-scale S``: classifier-free guidance against the same query without its caption,
   ``[ROI1] [BASE] [BOI1] [MASK]*1024`` (``layouts.drop_caption``, the form caption dropout trains on);
 * ``--post-select K``: K candidates are drawn per image, and the one whose codes best predict the caption
-  under the caption model (the post-selection score of the image2text row ``[BASE] [BOI1] codes [EOI1]
-  [ROI1] {text}``) is kept; the report line names the kept candidates and their scores.
+  under the caption model(s) (the post-selection score of the image2text row ``[BASE] [BOI1] codes [EOI1]
+  [ROI1] {text}``, summed over the ``--post-select-load`` models) is kept; the report line names the kept
+  candidates and their scores.
 
 A caption with words the text tokenizer does not know still runs, with one notice line naming them.
 
@@ -87,7 +88,7 @@ def select_candidates(
 def post_select(
     ctx: TaskContext, text_ids: list[int], candidates: torch.Tensor
 ) -> tuple[torch.Tensor, list[str]]:
-    """:func:`select_candidates` with the context's caption model; also returns one report line.
+    """:func:`select_candidates` with the context's caption models; also returns one report line.
 
     The line names the kept candidate of each group (0-based) and its score.
     """
