@@ -165,7 +165,13 @@ def _decoding_step(model: GPT2Model, tokenizer, batch: int, length: int, top_k: 
 
 @torch.inference_mode()
 def step_split(model: GPT2Model, tokenizer, batch: int, length: int, top_k: int) -> dict[str, float]:
-    """Seconds of one step of ours, and of its parts (see the module docstring)."""
+    """Seconds of one step of ours, and of its parts (see the module docstring), with the weights packed
+    as ``filling_sequence`` packs them."""
+    with mpu.packed_linear_weights(model):
+        return _step_split(model, tokenizer, batch, length, top_k)
+
+
+def _step_split(model: GPT2Model, tokenizer, batch: int, length: int, top_k: int) -> dict[str, float]:
     total = _median_seconds(_decoding_step(model, tokenizer, batch, length, top_k))
     hidden = torch.randn(batch, 1, HIDDEN)
     wide = torch.randn(batch, 1, 4 * HIDDEN)

@@ -105,6 +105,7 @@ def filling_sequence(
     total = num_generated * args.batch_size
     with (
         torch.inference_mode(),
+        mpu.packed_linear_weights(model),
         tqdm(total=total, disable=not progress, unit="token") as bar,
     ):
         done = 0

@@ -19,7 +19,13 @@ from .initialize import (
 )
 from .kv_cache import KVCache, LayerKVCache
 from .layernorm import LayerNorm
-from .layers import ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding, linear
+from .layers import (
+    ColumnParallelLinear,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    linear,
+    packed_linear_weights,
+)
 from .mappings import (
     copy_to_model_parallel_region,
     gather_from_model_parallel_region,
@@ -88,6 +94,7 @@ __all__ = [
     "linear",
     "model_parallel_cuda_manual_seed",
     "model_parallel_is_initialized",
+    "packed_linear_weights",
     "reduce_from_model_parallel_region",
     "sample_pivot_indices",
     "scaled_init_method",

