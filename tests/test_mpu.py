@@ -6,6 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 import mpu
+from mpu import attention as attention_module
 from tests.helpers.distributed import run_distributed
 
 IN, OUT, VOCAB = 8, 12, 16
@@ -217,3 +218,16 @@ def test_checkpoint_recomputes_dropout_identically():
     mpu.get_cuda_rng_tracker().set_states(state)
     mpu.checkpoint(block, x).sum().backward()
     torch.testing.assert_close(x.grad, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_one_query_attention_over_a_large_cache_equals_the_released_computation(dtype):
+    """One decoding query over a cache big enough for the two-matmul path equals ``standard_attention``."""
+    generator = torch.Generator().manual_seed(0)
+    query = torch.randn(2, 8, 1, 64, generator=generator).to(dtype)
+    key, value = (torch.randn(2, 8, 600, 64, generator=generator).to(dtype) for _ in range(2))
+    assert key.numel() >= attention_module._ONE_QUERY_MATMUL_MIN_KEYS
+    expected = mpu.standard_attention(query.float(), key.float(), value.float(), None)
+    tolerance = 1e-5 if dtype == torch.float32 else 2e-2
+    got = mpu.fused_attention(query, key, value, None, 0.0)
+    torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)

@@ -62,18 +62,22 @@ def test_left_to_f_linear_where_it_does_not_gain_or_cannot_run():
         assert mpu.linear(input_, weight).dtype == torch.bfloat16
 
 
+VOCAB, HIDDEN, IMAGE_IDS = 1024, 512, 512  # every weight, and the image rows, big enough to be copied
+
+
 def _gpt(dtype: torch.dtype = torch.float32) -> GPT2Model:
     torch.manual_seed(0)
-    return GPT2Model(2, 320, 64, 4, 0.0, 0.0, 0.0, 64, 64, False).eval().to(dtype)
+    return GPT2Model(2, VOCAB, HIDDEN, 8, 0.0, 0.0, 0.0, 64, 64, False).eval().to(dtype)
 
 
 def _cached_logits(model: GPT2Model, ids: torch.Tensor) -> torch.Tensor:
     """A prompt, then two tokens one at a time on the cache: the decoding path the copies are for."""
     cache = model.new_kv_cache(ids.size(1))
     positions = torch.arange(ids.size(1))[None].expand_as(ids)
-    logits = [model.forward_cached(ids[:, :-2], positions[:, :-2], cache)]
-    for step in (-2, -1):
-        logits.append(model.forward_cached(ids[:, step:][:, :1], positions[:, step:][:, :1], cache))
+    logits = [model.forward_cached(ids[:, :-2], positions[:, :-2], cache)[..., :IMAGE_IDS]]
+    for step in (-2, -1):  # projected onto the "image ids" only, as sampling an image projects onto its codes
+        step_ids, step_positions = ids[:, step:][:, :1], positions[:, step:][:, :1]
+        logits.append(model.forward_cached(step_ids, step_positions, cache, vocab_range=(0, IMAGE_IDS)))
     return torch.cat(logits, dim=1)
 
 
@@ -82,14 +86,17 @@ def test_packed_weights_give_the_plain_weights_logits_and_are_dropped_after(dtyp
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no oneDNN bf16")
     model = _gpt(dtype)
-    ids = torch.randint(0, 320, (3, 12), generator=torch.Generator().manual_seed(1))
+    ids = torch.randint(0, VOCAB, (3, 12), generator=torch.Generator().manual_seed(1))
     with torch.inference_mode():
         plain = _cached_logits(model, ids)
         with mpu.packed_linear_weights(model) as made:
             weight = model.transformer.layers[0].mlp.dense_h_to_4h.weight
             assert made and onednn.packed_copy(ids.to(dtype), weight) is not None
             packed = _cached_logits(model, ids)
+            embedding = model.word_embeddings.weight
+            assert list(getattr(embedding, onednn._ROW_SLICES_ATTRIBUTE)) == [(0, IMAGE_IDS)]  # copied once
     assert not hasattr(weight, onednn._PACKED_ATTRIBUTE)
+    assert not hasattr(embedding, onednn._ROW_SLICES_ATTRIBUTE)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(packed.float(), plain.float(), rtol=tolerance, atol=tolerance)
 
@@ -97,7 +104,7 @@ def test_packed_weights_give_the_plain_weights_logits_and_are_dropped_after(dtyp
 def test_packed_copies_are_not_used_for_changed_weights_or_training():
     model = _gpt()
     layer = model.transformer.layers[0].mlp.dense_h_to_4h
-    hidden = torch.randn(4, 64)
+    hidden = torch.randn(4, HIDDEN)
     with mpu.packed_linear_weights(model):
         with torch.no_grad():
             layer.weight.mul_(2)  # changed in place: the copy is stale
@@ -107,10 +114,17 @@ def test_packed_copies_are_not_used_for_changed_weights_or_training():
     assert layer.weight.grad is not None and output.requires_grad
 
 
+def test_no_packed_copies_of_small_weights():
+    torch.manual_seed(0)
+    small = GPT2Model(2, 320, 64, 4, 0.0, 0.0, 0.0, 64, 64, False).eval()  # like the demo models' layers
+    with mpu.packed_linear_weights(small) as made:
+        assert not made
+
+
 def test_no_packed_copies_where_they_would_not_fit(monkeypatch):
     model = _gpt()
     monkeypatch.setattr(onednn, "_available_memory_bytes", lambda: 1024)
     with mpu.packed_linear_weights(model) as made:
         assert not made
         weight = model.transformer.layers[0].mlp.dense_h_to_4h.weight
-        assert onednn.packed_copy(torch.randn(1, 64), weight) is None
+        assert onednn.packed_copy(torch.randn(1, HIDDEN), weight) is None
