@@ -139,9 +139,10 @@ def child_load(folder: Path, dtype: str, speed: bool, size: ModelSize) -> dict:
     weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     result = {"dtype": dtype, "weights": weights, "baseline": baseline, "peak": peak, "load_s": seconds}
     print(f"loaded: {json.dumps(result)}", file=sys.stderr)  # kept even if the speed part is killed
-    if speed:
-        with torch.inference_mode():
+    if speed:  # sampling as filling_sequence runs it: with packed weight copies where they fit
+        with torch.inference_mode(), mpu.packed_linear_weights(model) as packed:
             result["speed"] = measure_speed(model, weights)
+        result["packed"] = packed
     return result
 
 
@@ -199,14 +200,15 @@ def print_report(loads: list[dict], skipped: list[str], cache: list[dict]) -> No
         )
     for reason in skipped:
         print(reason)
-    speeds = [(load["dtype"], row) for load in loads for row in load.get("speed", [])]
+    speeds = [(load, row) for load in loads for row in load.get("speed", [])]
     if speeds:
-        header = ("on the CPU", "batch", "s/token", "floor", "floor/ours", "1024-token image s")
-        print("\n{:<14} {:>5} {:>8} {:>7} {:>10} {:>19}".format(*header))
-        for dtype, row in speeds:
+        header = ("on the CPU", "batch", "s/token", "floor", "floor/ours", "1024-token image s", "weights")
+        print("\n{:<14} {:>5} {:>8} {:>7} {:>10} {:>19} {:>8}".format(*header))
+        for load, row in speeds:
             print(
-                f"{dtype:<14} {row['batch']:>5} {row['token_s']:>8.3f} {row['floor_token_s']:>7.3f} "
-                f"{row['floor_token_s'] / row['token_s']:>10.2f} {row['image_s']:>19.0f}"
+                f"{load['dtype']:<14} {row['batch']:>5} {row['token_s']:>8.3f} {row['floor_token_s']:>7.3f} "
+                f"{row['floor_token_s'] / row['token_s']:>10.2f} {row['image_s']:>19.0f} "
+                f"{'packed' if load['packed'] else 'plain':>8}"
             )
         print(f"(estimated from timed steps; copy bandwidth {speeds[0][1]['bandwidth_gbs']:.1f} GB/s)")
     print(f"\n{'fp16 KV cache':<17} {'batch':>5} {'cache GB':>9} {'weights+cache GB':>17} {'regrows':>8}")
