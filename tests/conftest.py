@@ -1,6 +1,8 @@
 """Shared test fixtures: tokenizers (real and tiny), a tiny VQ-VAE, a tiny SentencePiece model, images."""
 
 import random
+import signal
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +32,23 @@ LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER
 
 
 @pytest.fixture(autouse=True)
-def _isolated_process(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Every test starts as a plain single process with seeded global RNGs.
+def _isolated_process(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Every test starts as a plain single process with seeded global RNGs and Python's Ctrl-C handler.
 
     A launcher's variables (the suite run under torchrun or DeepSpeed) would make code under test join a
     process group at MASTER_ADDR:MASTER_PORT; and a test that draws from the global RNGs (or reseeds
-    them, as VQ-VAE training does) must not change what the next test draws.
+    them, as VQ-VAE training does) must not change what the next test draws. A suite started in the
+    background (``nohup … &``) inherits SIGINT ignored, which the Ctrl-C tests (and their children) need
+    handled as in a terminal.
     """
     for name in LAUNCHER_VARIABLES:
         monkeypatch.delenv(name, raising=False)
     random.seed(0)
     np.random.seed(0)
     torch.manual_seed(0)
+    previous_sigint = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous_sigint)
 
 
 @pytest.fixture(scope="session")
