@@ -65,6 +65,7 @@ ARCHITECTURE_FLAGS = (
     "--num-attention-heads",
     "--max-position-embeddings",
     "--max-position-embeddings-finetune",
+    "--make-vocab-size-divisible-by",
 )
 PATH_FLAGS = frozenset(
     {

@@ -101,6 +101,16 @@ def test_every_folder_of_a_multi_folder_flag_is_read_beside_the_manifest_and_mus
     assert choose_model("text2image", [], tmp_path).source == "missing"
 
 
+def test_a_caption_model_with_other_vocabulary_padding_gets_it_as_its_own_web_argument(tmp_path):
+    demo = bundled(tmp_path, SCORERS + "caption: --make-vocab-size-divisible-by 64\n")
+    web = choose_model("web", [], tmp_path).arguments
+    assert web[-3:] == [
+        "--load-caption",
+        str(demo / "caption"),
+        "--caption-model-args=--make-vocab-size-divisible-by 64",
+    ]  # the padding decides the embedding's rows, so the main model's would not load it
+
+
 def test_given_models_win_and_nothing_is_said(tmp_path):
     bundled(tmp_path, MANIFEST)
     vqvae = str(tmp_path / "vqvae" / "vqvae_hard_biggerset_011.pt")
