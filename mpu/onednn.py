@@ -1,4 +1,4 @@
-"""fp32 linear layers on the CPU through oneDNN's inner-product primitive instead of MKL's SGEMM.
+"""CPU linear layers through oneDNN's inner product: fp32 products instead of MKL's SGEMM, reordered weights.
 
 Why: PyTorch's CPU ``F.linear`` in fp32 calls MKL, and MKL takes a slower code path on AMD CPUs. On the
 AMD EPYC (Zen 5, AVX-512) development machines, with 2 threads, a ``[4352, 768] × [768, 3072]`` product
@@ -34,8 +34,6 @@ except (AttributeError, RuntimeError):
 # every 768-wide layer of a CogView-sized model at any row count, the demo's 192-wide layers from ~32 rows on.
 _MIN_MULTIPLY_ADDS = 1 << 22
 _MIN_ROWS_COUNTED = 8
-
-
 # Attribute under which ``packed_weights`` hangs a weight's reordered copy, with the weight's version then.
 _PACKED_ATTRIBUTE = "onednn_packed"
 # Attribute of a weight whose row ranges are multiplied on their own (the tied output projection onto the
