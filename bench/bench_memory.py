@@ -37,6 +37,7 @@ from random_checkpoint import ModelSize, write_random_checkpoint
 
 import mpu
 from arguments import get_args
+from common.memory import MEMINFO, available_memory_bytes
 from generation.runtime import build_model, model_dtype
 from generation.sampling import sample
 from model.partition import COGVIEW_NUM_TOKENS
@@ -57,11 +58,11 @@ def status_bytes(field: str) -> int:
 
 
 def available_bytes() -> int:
-    """``MemAvailable`` of the machine, in bytes."""
-    for line in Path("/proc/meminfo").read_text().splitlines():
-        if line.startswith("MemAvailable:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("/proc/meminfo has no MemAvailable")
+    """``MemAvailable`` of the machine, in bytes (the benchmark reads ``/proc`` anyway)."""
+    available = available_memory_bytes()
+    if available is None:
+        raise RuntimeError(f"{MEMINFO} has no MemAvailable")
+    return available
 
 
 # --- child processes ------------------------------------------------------------------------------------

@@ -19,9 +19,10 @@ so they are made only where they fit (see ``packed_weights``); they are never tr
 
 import contextlib
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 
 import torch
+
+from common.memory import available_memory_bytes
 
 # The private ATen op PyTorch's own CPU compiler path (inductor) uses for linear layers; present whenever
 # PyTorch is built with oneDNN. ``None`` where it is not: every product then stays on ``F.linear``.
@@ -153,17 +154,6 @@ def _packable(weight: torch.Tensor) -> bool:
     )
 
 
-def _available_memory_bytes() -> int | None:
-    """``MemAvailable`` of ``/proc/meminfo`` (Linux), None where the system does not say."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
 @contextlib.contextmanager
 def packed_weights(weights: Iterable[torch.Tensor], sliced: Iterable[torch.Tensor] = ()) -> Iterator[bool]:
     """Inside, inference products with these CPU fp32/bf16 weights use reordered copies; yields whether made.
@@ -178,7 +168,7 @@ def packed_weights(weights: Iterable[torch.Tensor], sliced: Iterable[torch.Tenso
     whole = [w for w in dict.fromkeys(weights) if _packable(w) and not hasattr(w, _PACKED_ATTRIBUTE)]
     by_rows = [w for w in dict.fromkeys(sliced) if _packable(w) and not hasattr(w, _ROW_SLICES_ATTRIBUTE)]
     needed = sum(w.numel() * w.element_size() for w in whole + by_rows)
-    available = _available_memory_bytes()
+    available = available_memory_bytes()
     if not needed or available is None or needed > _MAX_SHARE_OF_AVAILABLE_MEMORY * available:
         yield False
         return

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from common import atomic_files
+from common import atomic_files, memory
 from common.atomic_files import (
     atomic_torch_save,
     atomic_write_bytes,
@@ -160,3 +160,14 @@ def test_runner_counts_bad_queries_and_lets_bugs_through(tmp_path):
     assert summary.results_path.read_text(encoding="utf-8") == "GOOD\nerror: the query is bad\n"
     with pytest.raises(ValueError, match="not divisible"):
         run_queries(_context(), task, as_slots([Query(1, "good"), Query(2, "bug")]), None, None)
+
+
+def test_available_memory_is_read_from_meminfo_or_none(tmp_path, monkeypatch):
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24000000 kB\nMemAvailable:   12345 kB\n", encoding="utf-8")
+    monkeypatch.setattr(memory, "MEMINFO", meminfo)
+    assert memory.available_memory_bytes() == 12345 * 1024
+    meminfo.write_text("MemTotal:       24000000 kB\n", encoding="utf-8")  # an old kernel: no such field
+    assert memory.available_memory_bytes() is None
+    monkeypatch.setattr(memory, "MEMINFO", tmp_path / "absent")  # no /proc
+    assert memory.available_memory_bytes() is None

@@ -123,7 +123,7 @@ def test_no_packed_copies_of_small_weights():
 
 def test_no_packed_copies_where_they_would_not_fit(monkeypatch):
     model = _gpt()
-    monkeypatch.setattr(onednn, "_available_memory_bytes", lambda: 1024)
+    monkeypatch.setattr(onednn, "available_memory_bytes", lambda: 1024)
     with mpu.packed_linear_weights(model) as made:
         assert not made
         weight = model.transformer.layers[0].mlp.dense_h_to_4h.weight
