@@ -12,6 +12,7 @@ file does nothing else. The logic lives in the `training` package.
 
 import sys
 
+from common.malloc import keep_freed_memory
 from training.batch import get_batch, get_masks_and_position_ids
 from training.checkpointing import load_checkpoint, save_checkpoint
 from training.engine import (
@@ -42,4 +43,5 @@ __all__ = [
 ]
 
 if __name__ == "__main__":
+    keep_freed_memory()  # a training process frees and reallocates large tensors every step
     sys.exit(main())

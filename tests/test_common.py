@@ -2,6 +2,8 @@
 
 import os
 import stat
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -171,3 +173,32 @@ def test_available_memory_is_read_from_meminfo_or_none(tmp_path, monkeypatch):
     assert memory.available_memory_bytes() is None
     monkeypatch.setattr(memory, "MEMINFO", tmp_path / "absent")  # no /proc
     assert memory.available_memory_bytes() is None
+
+
+_REFAULT_PROBE = """
+import resource, sys
+import torch
+from common.malloc import keep_freed_memory
+tuned = sys.argv[1] == "tuned" and keep_freed_memory()
+torch.ones(1 << 24).sum()  # 64 MiB, above glibc's mmap threshold; freed at once
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.ones(1 << 24).sum()
+print(int(tuned), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="page-fault counts need Linux")
+def test_keep_freed_memory_reuses_a_large_tensor_without_faulting_it_in_again():
+    """A second 64 MiB tensor faults its 16384 pages in again by default, and almost none once tuned."""
+    repo = Path(__file__).resolve().parent.parent
+
+    def faults(mode):
+        result = subprocess.run(
+            [sys.executable, "-c", _REFAULT_PROBE, mode], cwd=repo, capture_output=True, text=True, check=True
+        )
+        tuned, count = map(int, result.stdout.split())
+        return bool(tuned), count
+
+    assert faults("plain")[1] > 10000
+    tuned, count = faults("tuned")
+    assert tuned and count < 1000
