@@ -4,6 +4,7 @@ from .attention import GPT2ParallelSelfAttention, causal_mask, fused_attention, 
 from .config import TransformerConfig
 from .cross_entropy import vocab_parallel_cross_entropy
 from .data import broadcast_data
+from .dropout import Dropout, dropout
 from .grads import clip_grad_norm
 from .initialize import (
     destroy_model_parallel,
@@ -58,6 +59,7 @@ from .utils import VocabUtility, divide, ensure_divisibility, split_tensor_along
 __all__ = [
     "ColumnParallelLinear",
     "CudaRNGStatesTracker",
+    "Dropout",
     "GPT2ParallelMLP",
     "GPT2ParallelSelfAttention",
     "GPT2ParallelTransformer",
@@ -78,6 +80,7 @@ __all__ = [
     "copy_to_model_parallel_region",
     "destroy_model_parallel",
     "divide",
+    "dropout",
     "ensure_divisibility",
     "fused_attention",
     "gather_from_model_parallel_region",
