@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import TransformerConfig
+from .dropout import Dropout, dropout
 from .initialize import get_model_parallel_world_size
 from .kv_cache import LayerKVCache
 from .layers import ColumnParallelLinear, InitMethod, RowParallelLinear
@@ -24,6 +25,9 @@ PB_RELAX_ALPHA = 32.0
 # One decoding query over at least this many cached key elements runs as two matmuls (see
 # ``_one_query_attention``); below it (the demo models' caches) SDPA's single call is the faster.
 _ONE_QUERY_MATMUL_MIN_KEYS = 1 << 18
+# Causal attention with dropout on the CPU runs this many queries at a time (see
+# ``_causal_blocked_attention``).
+_CAUSAL_QUERY_BLOCK = 256
 
 
 def causal_mask(query_length: int, key_length: int, device: torch.device | str | None = None) -> torch.Tensor:
@@ -71,10 +75,14 @@ def fused_attention(
     """The same attention through ``F.scaled_dot_product_attention`` (flash/memory-efficient kernels).
 
     Exact up to rounding: masked scores become -inf instead of -10000, and exp(-10000) is already 0
-    in every floating-point format, so no visible probability changes.
+    in every floating-point format, so no visible probability changes. On the CPU, causal attention with
+    dropout and one query over a large cache take their own paths (see the helpers below).
     """
     sq, sk = query.size(-2), key.size(-2)
-    cpu_decoding = sq == 1 and visible is None and dropout_p == 0.0 and query.device.type == "cpu"
+    on_cpu = query.device.type == "cpu"
+    if on_cpu and visible is None and dropout_p > 0.0:
+        return _causal_blocked_attention(query, key, value, dropout_p)
+    cpu_decoding = on_cpu and sq == 1 and visible is None and dropout_p == 0.0
     if cpu_decoding and key.numel() >= _ONE_QUERY_MATMUL_MIN_KEYS:
         return _one_query_attention(query, key, value)
     is_causal = False
@@ -105,6 +113,32 @@ def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Te
     return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 
+def _causal_blocked_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, dropout_p: float
+) -> torch.Tensor:
+    """Causal attention with dropout, ``_CAUSAL_QUERY_BLOCK`` queries at a time, each over the keys it sees.
+
+    With dropout, ``scaled_dot_product_attention`` on the CPU falls back to its math path, which scores
+    every query against every key and masks half of the products away. A block of queries here multiplies
+    only the keys up to its last query (about 60% of the products at sequence 1088) and masks only its
+    diagonal square; the probabilities go through :func:`mpu.dropout.dropout`. The same function as SDPA's
+    up to rounding: masked scores are -inf in both.
+    """
+    sq, sk = query.size(-2), key.size(-2)
+    offset = sk - sq  # memory keys, visible to every query
+    query = query * (1.0 / math.sqrt(query.size(-1)))
+    blocks = []
+    for start in range(0, sq, _CAUSAL_QUERY_BLOCK):
+        end = min(start + _CAUSAL_QUERY_BLOCK, sq)
+        seen = offset + end
+        scores = torch.matmul(query[:, :, start:end], key[:, :, :seen].transpose(-1, -2))  # [b, n, q, seen]
+        hidden = ~causal_mask(end - start, end - start, query.device)
+        scores[..., offset + start : seen].masked_fill_(hidden, float("-inf"))
+        probs = dropout(torch.softmax(scores, dim=-1), dropout_p)
+        blocks.append(torch.matmul(probs, value[:, :, :seen]))
+    return torch.cat(blocks, dim=-2)
+
+
 class GPT2ParallelSelfAttention(nn.Module):
     """Multi-head self-attention; rank r of p owns heads ``[r n/p, (r+1) n/p)``.
 
@@ -128,14 +162,14 @@ class GPT2ParallelSelfAttention(nn.Module):
         self.query_key_value = ColumnParallelLinear(
             hidden_size, 3 * hidden_size, stride=3, gather_output=False, init_method=init_method
         )
-        self.attention_dropout = nn.Dropout(config.attention_dropout_prob)
+        self.attention_dropout = Dropout(config.attention_dropout_prob)
         self.dense = RowParallelLinear(
             hidden_size,
             hidden_size,
             input_is_parallel=True,
             init_method=output_layer_init_method or init_method,
         )
-        self.output_dropout = nn.Dropout(config.output_dropout_prob)
+        self.output_dropout = Dropout(config.output_dropout_prob)
 
     def _split_heads(self, tensor: torch.Tensor) -> torch.Tensor:
         b, s, _ = tensor.shape  # [b, s, n*d] -> [b, n, s, d]

@@ -44,7 +44,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         softmax, outside, local_target = ctx.saved_tensors
-        grad_input = softmax.clone()
+        # The saved softmax becomes the gradient in place (no logits-sized copy: 0.4 s of a 16 s CPU
+        # training step at vocabulary 58240); a second backward through the same graph then fails with
+        # autograd's "modified by an inplace operation" error instead of computing a wrong gradient.
+        grad_input = softmax
         one_hot = (~outside).to(grad_input.dtype).unsqueeze(-1)
         grad_input.scatter_add_(-1, local_target.unsqueeze(-1), -one_hot)
         grad_input.mul_(grad_output.unsqueeze(-1))

@@ -15,6 +15,7 @@ from torch import nn
 
 from .attention import GPT2ParallelSelfAttention, causal_mask
 from .config import TRANSFORMER_POSITIONAL, TransformerConfig, bind_call
+from .dropout import Dropout
 from .kv_cache import KVCache
 from .layernorm import LayerNorm
 from .layers import ColumnParallelLinear, InitMethod, RowParallelLinear
@@ -61,7 +62,7 @@ class GPT2ParallelMLP(nn.Module):
             input_is_parallel=True,
             init_method=output_layer_init_method or init_method,
         )
-        self.dropout = nn.Dropout(output_dropout_prob)
+        self.dropout = Dropout(output_dropout_prob)
 
     def forward(self, hidden_states: torch.Tensor) -> torch.Tensor:
         return self.dropout(self.dense_4h_to_h(gelu(self.dense_h_to_4h(hidden_states))))
@@ -114,7 +115,7 @@ def visibility_from_mask(
 
     An int (or one-element tensor) ``sep`` means: memory visible, causal inside the query block, and
     the first ``sep`` query-block columns visible to every query. A tensor mask holds 1 for visible
-    and 0 for hidden, with ``sk = memory_length + sq`` columns.
+    and 0 for hidden, with ``sk = memory_length + sq`` columns; one that is exactly causal gives ``None``.
     """
     if isinstance(attention_mask, torch.Tensor) and attention_mask.numel() == 1:
         attention_mask = int(attention_mask.item())
@@ -129,7 +130,11 @@ def visibility_from_mask(
             f"attention_mask has shape {tuple(attention_mask.shape)}, expected [..., {query_length}, "
             f"{memory_length + query_length}] for {query_length} queries and {memory_length} memory positions"
         )
-    return attention_mask > 0.5
+    visible = attention_mask > 0.5
+    causal = causal_mask(query_length, memory_length + query_length, device)
+    # The training batch's full ``tril`` is the plain causal case: ``None`` lets attention skip the mask
+    # (SDPA's causal kernels; on the CPU with dropout, the blocked path that skips hidden keys).
+    return None if torch.equal(visible, causal.expand_as(visible)) else visible
 
 
 class GPT2ParallelTransformer(nn.Module):
@@ -160,7 +165,7 @@ class GPT2ParallelTransformer(nn.Module):
         )
         self.position_embeddings = nn.Embedding(config.max_sequence_length, config.hidden_size)
         init_method(self.position_embeddings.weight)
-        self.embedding_dropout = nn.Dropout(config.embedding_dropout_prob)
+        self.embedding_dropout = Dropout(config.embedding_dropout_prob)
         self.layers = nn.ModuleList(
             GPT2ParallelTransformerLayer(config, init_method, output_layer_init_method)
             for _ in range(config.num_layers)

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 import mpu
 from mpu import attention as attention_module
+from mpu.transformer import visibility_from_mask
 from tests.helpers.distributed import run_distributed
 
 IN, OUT, VOCAB = 8, 12, 16
@@ -231,3 +232,65 @@ def test_one_query_attention_over_a_large_cache_equals_the_released_computation(
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     got = mpu.fused_attention(query, key, value, None, 0.0)
     torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
+
+
+@pytest.mark.parametrize("memory", [0, 5])
+def test_causal_blocked_attention_equals_the_released_computation(monkeypatch, memory):
+    """Query blocks over the keys they see (blocks of 8 over 37 queries) equal ``standard_attention``."""
+    monkeypatch.setattr(attention_module, "_CAUSAL_QUERY_BLOCK", 8)
+    generator = torch.Generator().manual_seed(1)
+    query = torch.randn(2, 3, 37, 16, generator=generator, requires_grad=True)
+    key, value = (
+        torch.randn(2, 3, 37 + memory, 16, generator=generator, requires_grad=True) for _ in range(2)
+    )
+    probe = torch.randn(2, 3, 37, 16, generator=generator)
+
+    def values_and_gradients(attention):
+        output = attention(query, key, value)
+        grads = torch.autograd.grad((output * probe).sum(), (query, key, value))
+        return output, *grads
+
+    expected = values_and_gradients(lambda q, k, v: mpu.standard_attention(q, k, v, None))
+    got = values_and_gradients(lambda q, k, v: attention_module._causal_blocked_attention(q, k, v, 0.0))
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-6)
+
+
+def test_causal_blocked_attention_drops_probabilities_out_without_bias(monkeypatch):
+    """With dropout: one seed, one result; over many seeds the mean tends to the output without dropout."""
+    monkeypatch.setattr(attention_module, "_CAUSAL_QUERY_BLOCK", 8)
+    generator = torch.Generator().manual_seed(2)
+    query, key, value = (torch.randn(1, 2, 20, 8, generator=generator) for _ in range(3))
+    torch.manual_seed(0)
+    first = mpu.fused_attention(query, key, value, None, 0.5)
+    torch.manual_seed(0)
+    assert torch.equal(first, mpu.fused_attention(query, key, value, None, 0.5))
+    clean = mpu.standard_attention(query, key, value, None)
+    assert not torch.allclose(first, clean)
+    mean = torch.stack([mpu.fused_attention(query, key, value, None, 0.5) for _ in range(2000)]).mean(0)
+    torch.testing.assert_close(mean, clean, rtol=0, atol=0.1)
+
+
+def test_a_causal_mask_tensor_becomes_the_maskless_causal_case():
+    """The training batch's ``tril`` mask is recognised as causal; any other mask is kept."""
+    tril = torch.ones(1, 1, 6, 6).tril_()
+    assert visibility_from_mask(tril, 6, 0, torch.device("cpu")) is None
+    with_memory = torch.ones(6, 9).tril_(diagonal=3)
+    assert visibility_from_mask(with_memory, 6, 3, torch.device("cpu")) is None
+    other = tril.clone()
+    other[..., 4, 0] = 0
+    visible = visibility_from_mask(other, 6, 0, torch.device("cpu"))
+    assert torch.equal(visible, other > 0.5)
+
+
+def test_cross_entropy_gradient_is_made_in_place_and_a_second_backward_refuses():
+    logits = torch.randn(4, 9, 17, requires_grad=True)
+    target = torch.randint(0, 17, (4, 9))
+    loss = mpu.vocab_parallel_cross_entropy(logits, target).sum()
+    loss.backward(retain_graph=True)
+    expected = torch.autograd.grad(
+        F.cross_entropy(logits.view(-1, 17), target.view(-1), reduction="sum"), logits
+    )[0]
+    torch.testing.assert_close(logits.grad, expected)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
