@@ -41,6 +41,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 import mpu  # noqa: E402  (after the repository is importable)
+from common.malloc import keep_freed_memory  # noqa: E402
 from model import GPT2Model  # noqa: E402
 
 LAYERS, HIDDEN, HEADS = 12, 768, 12
@@ -234,6 +235,7 @@ def run_child(method: str, checkpointing: bool, batch_size: int, warmup: int, st
     second, and per CPU second times the thread count ("idle": the rate with the cores to itself,
     which other processes' load changes far less).
     """
+    keep_freed_memory()  # as pretrain_gpt2.py runs; every configuration gets it, Hugging Face's too
     baseline = peak_rss_mib()
     train_step, model = BUILDERS[method](batch_size, checkpointing)
     params = sum(
