@@ -33,14 +33,14 @@ def test_same_seed_same_mask_and_the_gradient_is_the_mask():
 
 
 def test_draws_from_the_default_generator_so_the_tracker_forks_it():
+    """Inside ``fork()`` the mask comes from the tracker's stream, as ``nn.Dropout``'s would."""
     mpu.model_parallel_cuda_manual_seed(5, device_type="cpu")
+    stream = mpu.get_cuda_rng_tracker().get_states()["model-parallel-rng"]
     x = torch.ones(4096)
-    torch.manual_seed(1)
-    outside = mpu.dropout(x, 0.5)
-    torch.manual_seed(1)
     with mpu.get_cuda_rng_tracker().fork():
         inside = mpu.dropout(x, 0.5)
-    assert not torch.equal(outside, inside)
+    torch.set_rng_state(stream)
+    assert torch.equal(inside, mpu.dropout(x, 0.5))
 
 
 @pytest.mark.parametrize(
@@ -64,6 +64,9 @@ def test_module_is_a_drop_in_nn_dropout():
     torch.manual_seed(2)
     assert torch.equal(module(x), expected)
     assert torch.equal(module.eval()(x), x)
+    in_place = mpu.Dropout(0.5, inplace=True)
+    y = torch.ones(256)
+    assert in_place(y) is y and bool((y == 0).any())
 
 
 def test_p_one_drops_everything():
