@@ -13,11 +13,12 @@ All three train a 12-layer, 768-hidden, 12-head GPT over the CogView vocabulary 
 Each configuration runs in a fresh child process, so that its peak resident memory (``ru_maxrss``) is its
 own, with glibc keeping freed memory as ``pretrain_gpt2.py`` runs (``common.malloc``; Hugging Face's child
 too, so the comparison is of the models' code); (a) and (c) are measured again with activation
-checkpointing. Model FLOPs per token are ``6 N + 12 L h s`` (N: parameters without the position table, the
-tied output projection included; the second term is attention's score and value products, forward and backward, counted in full as PaLM
-does), and MFU is the achieved model FLOP/s against the fp32 matmul ceiling measured in the same run
-(inside each configuration's process, around its timed steps). Rates are reported per wall second and
-per CPU second × threads ("idle"), which other jobs on a shared machine disturb far less.
+checkpointing. Model FLOPs per token are ``6 N + 12 L h s`` (N: parameters without the position table,
+the tied output projection included; the second term is attention's score and value products, forward
+and backward, counted in full as PaLM does), and MFU is the achieved model FLOP/s against the fp32 matmul
+ceiling measured in the same run (inside each configuration's process, around its timed steps). Rates are
+reported per wall second and per CPU second × threads ("idle"), which other jobs on a shared machine
+disturb far less.
 Run: ``.venv/bin/python bench/bench_training.py`` (after ``.venv/bin/pip install -r bench/requirements.txt``);
 ``--steps`` sets the timed steps per configuration.
 """

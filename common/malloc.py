@@ -6,7 +6,8 @@ tensor at sequence 1088 is 57 MB), so each one is faulted in and zeroed by the k
 on the 2-core development VMs a 12-layer, 768-wide step at sequence 1088 spent about a quarter of its time
 there (24.6 s a step, 37 s of system time in a 90 s run; 19.1 s and 21 s with this). Serving all blocks
 from the heap and never trimming it lets freed memory be reused as it is, at the price of the process
-keeping its peak resident size (+6% peak there).
+keeping its peak resident size (+6% peak there). Not every block is reused (an aligned request for the
+same size asks for slightly more than a freed block holds), but most are.
 """
 
 import ctypes

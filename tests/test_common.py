@@ -180,16 +180,25 @@ import resource, sys
 import torch
 from common.malloc import keep_freed_memory
 tuned = sys.argv[1] == "tuned" and keep_freed_memory()
-torch.ones(1 << 24).sum()  # 64 MiB, above glibc's mmap threshold; freed at once
+def step():  # a 64 MiB and a 32 MiB tensor, both at least glibc's mmap threshold, freed at the end
+    return float(torch.ones(1 << 24).sum() + torch.ones(1 << 23).sum())
+for _ in range(3):
+    step()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-torch.ones(1 << 24).sum()
+for _ in range(3):
+    step()
 print(int(tuned), resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
 @pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="page-fault counts need Linux")
-def test_keep_freed_memory_reuses_a_large_tensor_without_faulting_it_in_again():
-    """A second 64 MiB tensor faults its 16384 pages in again by default, and almost none once tuned."""
+def test_keep_freed_memory_reuses_large_tensors_without_faulting_them_in_again():
+    """By default every step faults its 24576 pages in again; tuned, most steps reuse the freed memory.
+
+    Not every step: PyTorch's aligned allocation asks for a little more than a freed block of the same
+    size holds, so a block that cannot merge with the heap's top is passed over (over 24 runs at most one
+    step in three faulted again).
+    """
     repo = Path(__file__).resolve().parent.parent
 
     def faults(mode):
@@ -199,6 +208,7 @@ def test_keep_freed_memory_reuses_a_large_tensor_without_faulting_it_in_again():
         tuned, count = map(int, result.stdout.split())
         return bool(tuned), count
 
-    assert faults("plain")[1] > 10000
+    tuned, plain_count = faults("plain")
+    assert not tuned and plain_count >= 3 * 24576
     tuned, count = faults("tuned")
-    assert tuned and count < 1000
+    assert tuned and count < plain_count / 2
