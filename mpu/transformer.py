@@ -29,9 +29,11 @@ def gelu(x: torch.Tensor) -> torch.Tensor:
 
 
 def unscaled_init_method(sigma: float) -> InitMethod:
-    """N(0, sigma) initialisation."""
+    """N(0, sigma) initialisation; none for a meta tensor (a model built to be loaded holds no values)."""
 
     def init_(tensor: torch.Tensor) -> torch.Tensor:
+        if tensor.is_meta:
+            return tensor
         return nn.init.normal_(tensor, mean=0.0, std=sigma)
 
     return init_
@@ -163,7 +165,10 @@ class GPT2ParallelTransformer(nn.Module):
             if config.use_scaled_init_for_output_weights
             else init_method
         )
-        self.position_embeddings = nn.Embedding(config.max_sequence_length, config.hidden_size)
+        positions = torch.empty(config.max_sequence_length, config.hidden_size)
+        self.position_embeddings = nn.Embedding(*positions.shape, _weight=positions)
+        if not positions.is_meta:  # nn.Embedding's own draw, kept so that a seed gives the same weights
+            self.position_embeddings.reset_parameters()
         init_method(self.position_embeddings.weight)
         self.embedding_dropout = Dropout(config.embedding_dropout_prob)
         self.layers = nn.ModuleList(

@@ -9,7 +9,7 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 "$repo/env/setup.sh"
 python="${COGVIEW_VENV:-$repo/.venv}/bin/python"
 if [ -z "${DEVICE:-}" ]; then
-  DEVICE="$("$python" -c 'import torch; print("cuda" if torch.cuda.is_available() else "cpu")')"
+  DEVICE="$(PYTHONPATH="$repo" "$python" -m common.default_device)"  # torch is imported only with a GPU driver
 fi
 if [ "$DEVICE" = cpu ]; then
   export DS_ACCELERATOR="${DS_ACCELERATOR:-cpu}"  # DeepSpeed picks the CPU without warning about it

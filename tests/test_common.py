@@ -212,3 +212,18 @@ def test_keep_freed_memory_reuses_large_tensors_without_faulting_them_in_again()
     assert not tuned and plain_count >= 3 * 24576
     tuned, count = faults("tuned")
     assert tuned and count < plain_count / 2
+
+
+def test_the_launchers_default_device_is_torchs_and_needs_no_torch_without_a_gpu_driver():
+    from common.default_device import default_device_name, driver_sees_a_gpu
+
+    assert default_device_name() == ("cuda" if torch.cuda.is_available() else "cpu")
+    if driver_sees_a_gpu():
+        pytest.skip("this machine has a CUDA driver: torch is asked")
+    probe = (
+        "import runpy, sys; runpy.run_module('common.default_device', run_name='__main__'); "
+        "print('torch' in sys.modules)"
+    )
+    repo = Path(__file__).resolve().parent.parent
+    done = subprocess.run([sys.executable, "-c", probe], cwd=repo, capture_output=True, text=True)
+    assert done.stdout.split() == ["cpu", "False"], done.stderr

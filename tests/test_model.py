@@ -272,3 +272,25 @@ def test_weight_decay_groups_exclude_layernorms_and_biases(model):
     assert all(not n.endswith("bias") and "layernorm" not in n for n in decayed)
     assert len(decay["params"]) + len(no_decay["params"]) == len(list(model.parameters()))
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_a_seed_draws_the_position_table_as_the_original_and_a_meta_build_draws_nothing():
+    config = mpu.TransformerConfig(
+        num_layers=1, hidden_size=HIDDEN, num_attention_heads=HEADS, max_sequence_length=SEQ,
+        max_memory_length=0, embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0,
+        checkpoint_activations=False,
+    )  # fmt: skip
+    torch.manual_seed(5)
+    positions = mpu.GPT2ParallelTransformer(config).position_embeddings.weight
+    torch.manual_seed(5)
+    torch.randn(SEQ, HIDDEN)  # nn.Embedding's own N(0, 1) draw, overwritten by the init method's
+    assert torch.equal(positions, torch.empty(SEQ, HIDDEN).normal_(0.0, config.init_method_std))
+    state = torch.random.get_rng_state()
+    with torch.device("meta"):
+        built = GPT2Model(
+            num_layers=LAYERS, vocab_size=VOCAB, hidden_size=HIDDEN, num_attention_heads=HEADS,
+            embedding_dropout_prob=0.0, attention_dropout_prob=0.0, output_dropout_prob=0.0,
+            max_sequence_length=SEQ, max_memory_length=0, checkpoint_activations=False,
+        )  # fmt: skip
+    assert all(p.is_meta for p in built.parameters())
+    assert torch.equal(torch.random.get_rng_state(), state)

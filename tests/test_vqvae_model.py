@@ -140,3 +140,14 @@ def test_restart_dead_codes_moves_only_rarely_used_codes_onto_batch_vectors(quan
     restarted_codes = quantizer.embed[:, :10].clone()
     quantizer.train()(quantizer.embed[:, 15].unsqueeze(0))  # assigned to code 15 (distance 0)
     torch.testing.assert_close(quantizer.embed[:, :10], restarted_codes, rtol=1e-3, atol=1e-4)
+
+
+def test_a_quantizer_draws_its_codebook_as_randn_and_a_meta_one_draws_nothing():
+    torch.manual_seed(2)
+    drawn = Quantize(dim=6, n_embed=20).embed
+    torch.manual_seed(2)
+    assert torch.equal(drawn, torch.randn(6, 20))
+    state = torch.random.get_rng_state()
+    with torch.device("meta"):
+        assert Quantize(dim=6, n_embed=20).embed.is_meta
+    assert torch.equal(torch.random.get_rng_state(), state)

@@ -77,7 +77,9 @@ class Quantize(nn.Module):
         self.n_embed = n_embed
         self.decay = decay
         self.eps = eps
-        embed = torch.randn(dim, n_embed)
+        embed = torch.empty(dim, n_embed)
+        if not embed.is_meta:  # a quantizer built to be loaded draws nothing (and drawing on meta is slow)
+            embed.normal_()  # what torch.randn draws
         self.register_buffer("embed", embed)  # [dim, n_embed]
         self.register_buffer("cluster_size", torch.zeros(n_embed))  # [n_embed]
         self.register_buffer("embed_avg", embed.clone())  # [dim, n_embed]
