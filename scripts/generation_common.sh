@@ -20,18 +20,25 @@ released_model=(
 )
 device_args=(--device "$DEVICE" "${precision[@]}")
 
-# generate ROLE TEMPERATURE MAXSEQLEN ARGS...: run generate_samples.py with the released model's
-# arguments, then the chosen model's (ROLE: text2image, caption or super-resolution; a
-# bundled model brings its own architecture), then ARGS.
+# generate ROLE TEMPERATURE MAXSEQLEN LAUNCHER_ARGS... -- USER_ARGS...: run generate_samples.py with the
+# released model's arguments and the launcher's, then the chosen model's (ROLE: text2image, caption or
+# super-resolution; a bundled model brings its own architecture and sampling settings, e.g. a larger
+# --max-inference-batch-size than the 4B model's), then the user's, so that the last ones win.
 generate() {
   local role="$1" temperature="$2" max_seq_len="$3" chosen
   shift 3
+  local launcher=()
+  while [ "$#" -gt 0 ] && [ "$1" != -- ]; do
+    launcher+=("$1")
+    shift
+  done
+  shift  # the --
   chosen="$(PYTHONPATH="$repo" "$python" -m common.model_sources "$role" "$@")" || exit 2
   local model=()
   mapfile -t model <<<"$chosen"
   model=("${model[@]:1}")  # after the source: the model's arguments
   exec "$python" "$repo/generate_samples.py" "${released_model[@]}" \
     --max-position-embeddings-finetune "$max_seq_len" "${device_args[@]}" \
-    --temperature "$temperature" --top_k 200 --top_p 0 \
+    --temperature "$temperature" --top_k 200 --top_p 0 "${launcher[@]}" \
     "${model[@]}" "$@"
 }

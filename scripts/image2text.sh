@@ -6,4 +6,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/generation_common.sh"
 generate caption 1.0 1089 \
   --generation-task image2text --input-source interactive --output-path samples_image2text \
-  --batch-size 8 --debug "$@"
+  --batch-size 8 --debug -- "$@"

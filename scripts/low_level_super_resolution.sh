@@ -6,4 +6,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/generation_common.sh"
 generate super-resolution 1.02 1345 \
   --generation-task "low-level super-resolution" --input-source interactive \
-  --output-path samples_low_level_sr --batch-size 4 "$@"
+  --output-path samples_low_level_sr --batch-size 4 -- "$@"

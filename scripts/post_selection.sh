@@ -6,4 +6,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/generation_common.sh"
 generate caption 1.0 1089 \
   --generation-task post-selection --input-source input_select.txt \
-  --output-path samples_post_selection --debug "$@"
+  --output-path samples_post_selection --debug -- "$@"

@@ -5,4 +5,4 @@
 # IMG_TOKENIZER_PATH, PRETRAINED_DIR, DEVICE, arguments (e.g. --input-source FILE).
 source "$(dirname "${BASH_SOURCE[0]}")/generation_common.sh"
 generate super-resolution 1.02 1345 \
-  --generation-task super-resolution --input-source interactive --output-path samples_sr --debug "$@"
+  --generation-task super-resolution --input-source interactive --output-path samples_sr --debug -- "$@"

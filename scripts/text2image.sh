@@ -9,4 +9,4 @@
 source "$(dirname "${BASH_SOURCE[0]}")/generation_common.sh"
 generate text2image 1.0 1089 \
   --generation-task text2image --input-source ./input.txt --output-path samples_text2image \
-  --batch-size 4 --max-inference-batch-size 4 "$@"
+  --batch-size 4 --max-inference-batch-size 4 -- "$@"

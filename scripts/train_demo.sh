@@ -20,7 +20,9 @@
 #   DEMO_GPT_CAPTION_DROPOUT [0.1]  text2image rows shown without their caption (for --guidance-scale)
 #   DEMO_GPT_TXT_LOSS_SCALE [5]     weight of text positions (--txt-loss-scale): a caption's animal word is
 #                                  1 of ~264 predictions in its row, too little signal to learn shapes from
-#   DEMO_SAMPLING [--top_k 30 --guidance-scale 2 --post-select 16]   the bundle's text2image defaults
+#   DEMO_SAMPLING [--top_k 30 --guidance-scale 2 --post-select 16 --max-inference-batch-size 128]
+#                                  the bundle's text2image defaults (128: all 16 candidates of an image in one
+#                                  forward, and of 8 images at --batch-size 8; the small model's caches fit)
 #   DEMO_GPT_PRECISION [auto]      bf16 (autocast) or fp32; auto: bf16 where the CPU has AVX512-BF16 or
 #                                  AMX (1.6× faster there), fp32 elsewhere (bf16 is far slower on AVX2)
 #   DEMO_GPT_EVAL_INTERVAL [1000] DEMO_GPT_EVAL_ITERS [10]   loss on the test split's token datasets
@@ -171,7 +173,7 @@ for file in "$text_model" "$vqvae_model" "$classifier"; do
   cp "$file" "$bundle/.$(basename "$file").tmp" && mv "$bundle/.$(basename "$file").tmp" "$bundle/$(basename "$file")"
 done
 "$python" tools/bundle_demo_model.py "$gpt_run" --bundle "$bundle" "${gpt_architecture[@]}" --image-size "$image_size" \
-  --sampling "${DEMO_SAMPLING:---top_k 30 --guidance-scale 2 --post-select 16}"
+  --sampling "${DEMO_SAMPLING:---top_k 30 --guidance-scale 2 --post-select 16 --max-inference-batch-size 128}"
 
 # The caption GPT: the GPT above finetuned (--finetune: its weights, iteration 0, a fresh optimizer) on
 # caption rows only, of the split's own composites and of DEMO_CAPTION_COPIES fresh ones per silhouette

@@ -137,7 +137,7 @@ def test_the_bundled_gpt_is_the_last_checkpoint_of_its_training(finished):
     assert "caption: --load cogview-demo" in manifest
     assert (
         "text2image: --load cogview-demo --post-select-load cogview-demo "
-        "--top_k 30 --guidance-scale 2 --post-select 16" in manifest
+        "--top_k 30 --guidance-scale 2 --post-select 16 --max-inference-batch-size 128" in manifest
     )
 
 

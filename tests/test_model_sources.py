@@ -4,7 +4,9 @@ Each case builds its own ``pretrained`` folder in a temporary directory (the ``P
 launchers); nothing is read from the repository's own ``pretrained/``.
 """
 
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -180,3 +182,45 @@ def test_text2image_script_uses_the_bundled_models_and_says_so(tiny_cogview, tmp
         "1.jpg",
         "concat.jpg",
     ]
+
+
+def recorded_launch(tmp_path: Path, manifest_line: str, *user_args: str) -> list[str]:
+    """The arguments ``text2image.sh`` passes to ``generate_samples.py``, recorded by a stand-in python.
+
+    The stand-in (``COGVIEW_VENV``, marked as set up like the real one) runs every other call with the real
+    interpreter and writes down the arguments of the one that would generate.
+    """
+    pretrained = tmp_path / "pretrained"
+    bundled(pretrained, f"common: --num-layers 2\ntext2image: --load t2i {manifest_line}\n", ("t2i",))
+    recorded = tmp_path / "generate_samples.args"
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    venv = python.parent.parent
+    python.write_text(
+        '#!/usr/bin/env bash\ncase "$1" in */generate_samples.py) ;; *) exec '
+        f'{shlex.quote(sys.executable)} "$@" ;; esac\n'
+        f'shift\nprintf "%s\\n" "$@" >{shlex.quote(str(recorded))}\n',
+        encoding="utf-8",
+    )
+    python.chmod(0o755)
+    shutil.copy(Path(sys.executable).parent.parent / ".installed", venv / ".installed")
+    environment = {"DEVICE": "cpu", "PRETRAINED_DIR": str(pretrained), "COGVIEW_VENV": str(venv)}
+    done = run_script("text2image.sh", tmp_path, environment, *user_args)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return recorded.read_text(encoding="utf-8").splitlines()
+
+
+def last_value(arguments: list[str], option: str) -> str:
+    """The value argparse keeps for ``option``: the one after its last occurrence."""
+    return arguments[len(arguments) - 1 - arguments[::-1].index(option) + 1]
+
+
+def test_a_bundled_model_overrides_the_launcher_defaults_and_the_user_overrides_both(tmp_path):
+    arguments = recorded_launch(tmp_path, "--max-inference-batch-size 128 --top_k 30")
+    assert last_value(arguments, "--max-inference-batch-size") == "128"  # the launcher's is 4
+    assert last_value(arguments, "--top_k") == "30"  # the launcher's is 200
+    assert last_value(arguments, "--batch-size") == "4"  # the launcher's, which the manifest leaves alone
+    assert last_value(arguments, "--load").endswith("/t2i")
+    user = ("--max-inference-batch-size", "7")
+    mine = recorded_launch(tmp_path / "user", "--max-inference-batch-size 128", *user)
+    assert last_value(mine, "--max-inference-batch-size") == "7"
