@@ -89,9 +89,11 @@ def _initialize_affine_weight(
     the rows ``[Q_r; K_r; V_r]``.
     """
     _mark_partitioned(weight, partition_dim, stride)
-    if weight.is_meta:  # a model built to be loaded: no values to draw (and drawing on meta is slow)
-        return weight if return_master_weight else None
     world_size = get_model_parallel_world_size()
+    if weight.is_meta:  # a model built to be loaded: no values to draw (and drawing on meta is slow)
+        if not return_master_weight:
+            return None
+        return weight if world_size == 1 else weight.new_empty(output_size, input_size)
     if world_size == 1:
         init_method(weight)
         return weight if return_master_weight else None
