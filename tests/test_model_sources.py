@@ -212,7 +212,8 @@ def recorded_launch(tmp_path: Path, manifest_line: str, *user_args: str) -> list
 
 def last_value(arguments: list[str], option: str) -> str:
     """The value argparse keeps for ``option``: the one after its last occurrence."""
-    return arguments[len(arguments) - 1 - arguments[::-1].index(option) + 1]
+    last = len(arguments) - 1 - arguments[::-1].index(option)
+    return arguments[last + 1]
 
 
 def test_a_bundled_model_overrides_the_launcher_defaults_and_the_user_overrides_both(tmp_path):
