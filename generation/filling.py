@@ -72,9 +72,9 @@ def filling_sequence(
     raises stops the generation there, which is how a server cancels abandoned work), and classifier-free
     guidance: ``guidance_scale`` S (default 1, off) with ``unconditional``, the same sequence without its
     condition (default ``data_utils.layouts.drop_caption(seq)``, the text2image row without its caption).
-    With S ≠ 1 both sequences run side by side on their own caches, and every step samples from
-    :func:`guided_logits`; at S = 1 the unconditional sequence is never run. The model should be in eval
-    mode.
+    With S ≠ 1 both sequences run as one batch on one cache (the shorter context left-padded and masked),
+    and every step samples from :func:`guided_logits`; at S = 1 the unconditional sequence is never run.
+    The model should be in eval mode.
     """
     tokenizer, generator, progress, on_step, guidance_scale, unconditional = _options(kwargs)
     args = SamplingConfig.of(args)
@@ -92,11 +92,11 @@ def filling_sequence(
     if context_length == 0:
         raise ValueError("filling_sequence needs at least one given token before the first one to generate.")
     roi2 = tokenizer["[ROI2]"]
-    streams = [_Stream.of(model, ids, context_length, roi2)]
-    if guidance_scale != 1:
-        if unconditional is None:
-            unconditional = layouts.drop_caption(tokenizer, ids)
-        streams.append(_Stream.unconditional(model, ids, context_length, unconditional, roi2))
+    if guidance_scale == 1:
+        unconditional = None
+    elif unconditional is None:
+        unconditional = layouts.drop_caption(tokenizer, ids)
+    streams = _Streams.of(model, ids, context_length, roi2, unconditional)
 
     state = InvalidSlices(tokenizer, invalid_slices)
     for token in ids[:context_length]:
@@ -117,7 +117,7 @@ def filling_sequence(
             if on_step is not None:
                 on_step(done, total)
 
-        first_logits = [stream.feed_context(model, state.allowed) for stream in streams]  # [1, allowed] each
+        first_logits = streams.feed_context(model, state.allowed)  # [groups, allowed]
         samples = []
         for number, size in enumerate(chunks):
             # every chunk extends its own copy of the contexts' caches; the last one takes the originals
@@ -128,8 +128,8 @@ def filling_sequence(
                     seq,
                     ids,
                     context_length,
-                    [stream.for_chunk(size, copy_cache=not last) for stream in streams],
-                    [logits.expand(size, -1).clone() for logits in first_logits],
+                    streams.for_chunk(size, copy_cache=not last),
+                    first_logits.repeat_interleave(size, dim=0),
                     guidance_scale,
                     copy.copy(state),
                     args,
@@ -155,68 +155,133 @@ def _context_length(ids: Sequence[int]) -> int:
 
 
 @dataclass
-class _Stream:
-    """One sequence fed to the model on its own key/value cache.
+class _Streams:
+    """The sampled sequence and, with guidance, its unconditional twin: groups of rows on one cache.
 
-    The sequence is the one sampled (``shift`` 0) or guidance's unconditional one, whose context differs
-    but whose tail (from the first generated position on) is the sampled sequence's: entry ``i`` of the
-    sampled sequence is entry ``i - shift`` of this one, and each sampled token is fed to both.
+    Group 0 is the sampled sequence; group 1 (guidance only) is the unconditional sequence, whose context
+    differs but whose tail (from the first generated position on) is the sampled one's. Running both
+    groups as one batch halves the forwards per step, which is what a small model's decoding step costs
+    on the CPU. Their contexts may differ in length, so each is left-padded to ``width`` cache slots: the
+    padding slots are hidden from every query by ``visible``, and the tails line up, slot ``i + offset``
+    holding token ``i`` of the sampled sequence in every group. Masked keys get probability 0, so every
+    row attends to exactly its own sequence, as it would alone (up to rounding, and PB-relax's
+    max, which a LayerNorm takes over the whole batch).
     """
 
-    ids: list[int]  # the context is ids[:context_length]
-    context_length: int
-    positions: torch.Tensor  # [len(ids)]
-    shift: int
+    contexts: list[list[int]]  # each group's context, unpadded
+    width: int  # cache slots taken by the (left-padded) contexts
+    offset: int  # the cache slot of the sampled sequence's token i is i + offset
+    positions: torch.Tensor  # [groups * rows, width + tail]: the position fed in each cache slot
+    visible: torch.Tensor | None  # [groups * rows, 1, 1, width + tail] bool; None without padding
     cache: mpu.KVCache
 
     @classmethod
     def of(
-        cls, model: GPT2Model, ids: list[int], context_length: int, roi2: int, shift: int = 0
-    ) -> "_Stream":
+        cls,
+        model: GPT2Model,
+        ids: list[int],
+        context_length: int,
+        roi2: int,
+        unconditional: Sequence[int] | None = None,
+    ) -> "_Streams":
+        """The stream of ``ids``, with the group of ``unconditional`` (guidance) when it is given."""
+        sequences = [ids]
+        if unconditional is not None:
+            sequences.append(_checked_unconditional(ids, context_length, unconditional))
+        contexts = [sequence[: _context_length(sequence)] for sequence in sequences]
+        width = max(len(context) for context in contexts)
+        tail = len(ids) - context_length
         device = model.word_embeddings.weight.device
-        positions = torch.tensor(position_ids(ids, context_length, roi2), device=device)  # [L]
+        pads = [width - len(context) for context in contexts]
+        rows = [
+            [0] * pad + position_ids(sequence, len(context), roi2)
+            for sequence, context, pad in zip(sequences, contexts, pads, strict=True)
+        ]
+        positions = torch.tensor(rows, device=device)  # [groups, width + tail]
         _check_positions(model, positions)
-        return cls(ids, context_length, positions, shift, model.new_kv_cache(len(ids)))
+        visible = None
+        if any(pads):
+            slots = torch.arange(width + tail, device=device)
+            first_real = torch.tensor(pads, device=device)
+            visible = (slots[None] >= first_real[:, None])[:, None, None]  # [groups, 1, 1, slots]
+        cache = model.new_kv_cache(width + tail)
+        return cls(contexts, width, width - context_length, positions, visible, cache)
 
-    @classmethod
-    def unconditional(
-        cls, model: GPT2Model, ids: list[int], context_length: int, unconditional: Sequence[int], roi2: int
-    ) -> "_Stream":
-        """The stream of ``unconditional``, checked to share the generated tail of ``ids``."""
-        other = [int(token) for token in unconditional]
-        other_context = _context_length(other)
-        tail = ids[context_length:]
-        if other_context == 0 or len(other) - other_context != len(tail) or other[other_context:] != tail:
-            raise ValueError(
-                "The unconditional sequence of classifier-free guidance must end with the same tokens to "
-                f"generate as the sequence ({len(tail)} from its first negative entry on) after a non-empty "
-                "context of its own."
-            )
-        return cls.of(model, other, other_context, roi2, shift=context_length - other_context)
+    @property
+    def groups(self) -> int:
+        return len(self.contexts)
 
     def feed_context(self, model: GPT2Model, vocab_range: tuple[int, int]) -> torch.Tensor:
-        """Run the context (batch 1) into the cache; the fp32 logits ``[1, allowed]`` of what follows it."""
-        device = self.positions.device
-        context = torch.tensor(self.ids[: self.context_length], device=device)
-        return self._logits(model, context[None], 0, self.context_length, vocab_range)
+        """Run the contexts (one row per group) into the cache; fp32 logits ``[groups, allowed]`` after them.
 
-    def for_chunk(self, size: int, copy_cache: bool) -> "_Stream":
-        """This stream for a chunk of ``size`` samples, on a copy of the context's cache if asked."""
+        A padding slot's query sees only itself, so that no row of the softmax is empty; what it computes
+        is never seen by a real token.
+        """
+        device = self.positions.device
+        padded = [[context[0]] * (self.width - len(context)) + context for context in self.contexts]
+        tokens = torch.tensor(padded, device=device)  # [groups, width]
+        mask = 0
+        if self.visible is not None:
+            keys = self.visible[..., : self.width]  # [groups, 1, 1, width]
+            itself = torch.eye(self.width, dtype=torch.bool, device=device)
+            mask = (keys | itself) & mpu.causal_mask(self.width, self.width, device)
+        return self._logits(model, tokens, 0, self.width, mask, vocab_range)
+
+    def for_chunk(self, size: int, copy_cache: bool) -> "_Streams":
+        """These streams for ``size`` samples (``size`` rows per group), on a copy of the cache if asked."""
         cache = copy.deepcopy(self.cache) if copy_cache else self.cache
-        return _Stream(self.ids, self.context_length, self.positions, self.shift, cache.expand_batch(size))
+        rows = torch.arange(self.groups, device=self.positions.device).repeat_interleave(size)
+        return _Streams(
+            self.contexts,
+            self.width,
+            self.offset,
+            self.positions.index_select(0, rows),
+            None if self.visible is None else self.visible.index_select(0, rows),
+            cache.index_batch(rows),
+        )
 
     def feed(
         self, model: GPT2Model, tokens: torch.Tensor, start: int, stop: int, vocab_range: tuple[int, int]
     ) -> torch.Tensor:
-        """Feed ``tokens[:, start:stop]`` (indices of the sampled sequence); fp32 logits ``[b, allowed]``."""
-        return self._logits(model, tokens[:, start:stop], start - self.shift, stop - self.shift, vocab_range)
+        """Feed ``tokens[:, start:stop]`` (``b`` rows) to every group: fp32 logits ``[groups·b, allowed]``.
+
+        Group g's rows are ``g·b … g·b + b - 1``.
+        """
+        new = tokens[:, start:stop].repeat(self.groups, 1)
+        first, last = start + self.offset, stop + self.offset
+        mask = 0
+        if self.visible is not None:
+            mask = self.visible[..., :last] & mpu.causal_mask(last - first, last, tokens.device)
+        return self._logits(model, new, first, last, mask, vocab_range)
 
     def _logits(
-        self, model: GPT2Model, tokens: torch.Tensor, start: int, stop: int, vocab_range: tuple[int, int]
+        self,
+        model: GPT2Model,
+        tokens: torch.Tensor,
+        first: int,
+        last: int,
+        mask: torch.Tensor | int,
+        vocab_range: tuple[int, int],
     ) -> torch.Tensor:
-        positions = self.positions[start:stop].expand(tokens.size(0), -1)
-        logits = model.forward_cached(tokens, positions, self.cache, last_only=True, vocab_range=vocab_range)
+        positions = self.positions[:, first:last]
+        logits = model.forward_cached(
+            tokens, positions, self.cache, mask, last_only=True, vocab_range=vocab_range
+        )
         return logits[:, -1].float()  # fp32 sampling whatever the model's dtype
+
+
+def _checked_unconditional(ids: list[int], context_length: int, unconditional: Sequence[int]) -> list[int]:
+    """``unconditional`` as ints, checked to end with the generated tail of ``ids`` after its own context."""
+    other = [int(token) for token in unconditional]
+    other_context = _context_length(other)
+    tail = ids[context_length:]
+    if other_context == 0 or len(other) - other_context != len(tail) or other[other_context:] != tail:
+        raise ValueError(
+            "The unconditional sequence of classifier-free guidance must end with the same tokens to "
+            f"generate as the sequence ({len(tail)} from its first negative entry on) after a non-empty "
+            "context of its own."
+        )
+    return other
 
 
 def _fill_chunk(
@@ -224,21 +289,21 @@ def _fill_chunk(
     seq: torch.Tensor,
     ids: list[int],
     context_length: int,
-    streams: list[_Stream],
-    logits: list[torch.Tensor],
+    streams: _Streams,
+    logits: torch.Tensor,
     guidance_scale: float,
     state: InvalidSlices,
     args: SamplingConfig,
     generator: torch.Generator | None,
     advance: Callable[[int], None],
 ) -> torch.Tensor:
-    """Generate one chunk of samples; each stream's cache holds its context, ``logits`` ``[b, allowed]``.
+    """Generate one chunk of ``b`` samples; the streams' cache holds the contexts.
 
-    ``logits`` (one per stream) predict the first generated token. With one stream its logits are sampled
-    as they are; with two (guidance), their :func:`guided_logits`. ``advance(n)`` is called after each
-    step with the number of tokens it generated.
+    ``logits`` ``[groups·b, allowed]`` (``b`` rows per group) predict the first generated token. With one
+    group they are sampled as they are; with two (guidance), their :func:`guided_logits`. ``advance(n)``
+    is called after each step with the number of tokens it generated.
     """
-    size = logits[0].size(0)
+    size = logits.size(0) // streams.groups
     tokens = seq.repeat(size, 1)  # [b, L]; negative entries are overwritten as they are sampled
     fed = context_length  # tokens[:, :fed] are in the caches
     first_id = state.allowed[0]  # the id of logits[:, 0]
@@ -248,9 +313,11 @@ def _fill_chunk(
             continue
         if fed < index:
             first_id = state.allowed[0]
-            logits = [stream.feed(model, tokens, fed, index, state.allowed) for stream in streams]
+            logits = streams.feed(model, tokens, fed, index, state.allowed)
             fed = index
-        step_logits = logits[0] if len(logits) == 1 else guided_logits(*logits, guidance_scale)
+        step_logits = (
+            logits if streams.groups == 1 else guided_logits(logits[:size], logits[size:], guidance_scale)
+        )
         state.mask_(step_logits, first_id)
         sampled, _ = sample(step_logits, args.temperature, args.top_k, args.top_p, generator)
         tokens[:, index] = sampled + first_id

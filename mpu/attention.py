@@ -82,9 +82,9 @@ def fused_attention(
     on_cpu = query.device.type == "cpu"
     if on_cpu and visible is None and dropout_p > 0.0:
         return _causal_blocked_attention(query, key, value, dropout_p)
-    cpu_decoding = on_cpu and sq == 1 and visible is None and dropout_p == 0.0
+    cpu_decoding = on_cpu and sq == 1 and dropout_p == 0.0
     if cpu_decoding and key.numel() >= _ONE_QUERY_MATMUL_MIN_KEYS:
-        return _one_query_attention(query, key, value)
+        return _one_query_attention(query, key, value, visible)
     is_causal = False
     if visible is None:
         if sq == sk:
@@ -102,14 +102,18 @@ def fused_attention(
     )
 
 
-def _one_query_attention(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-    """One decoding step's attention over every cached key, as two matrix products and a softmax.
+def _one_query_attention(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, visible: torch.Tensor | None = None
+) -> torch.Tensor:
+    """One decoding step's attention over the ``visible`` cached keys (default all): two matmuls, a softmax.
 
     On the CPU this beats ``scaled_dot_product_attention`` at one query over a large cache: with 12 layers
     of 577 cached positions (batch 4, 12 heads of 64, 2 threads) 5.9 against 6.8 ms in fp32 and 4.4
     against 16.3 ms in bf16; over the demo models' small caches SDPA's one call wins.
     """
     scores = torch.matmul(query, key.transpose(-1, -2)) * (1.0 / math.sqrt(query.size(-1)))
+    if visible is not None:
+        scores.masked_fill_(~visible, float("-inf"))
     return torch.matmul(torch.softmax(scores, dim=-1), value)
 
 

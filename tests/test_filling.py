@@ -261,6 +261,26 @@ def test_guidance_samples_from_the_guided_logits_of_two_separate_forwards(model,
     assert unguided.tolist() != [expected]  # the scale changed what was drawn
 
 
+def test_guidance_with_an_unconditional_context_longer_than_the_sequences(model, tok, monkeypatch):
+    # both contexts share one batch on one cache; here the sequence's own context is the one left-padded
+    seq = [tok["[ROI1]"], *text(tok, "猫"), tok["[TINY]"], tok["[BOI1]"], *[-1] * 6]
+    unconditional = [tok["[ROI1]"], *text(tok, "一只老虎在草地上"), tok["[TINY]"], tok["[BOI1]"], *[-1] * 6]
+    assert len(unconditional) > len(seq)
+    expected, reference_steps = guided_reference(model, tok, seq, unconditional, 2.0)
+    seen = []
+
+    def greedy(logits, *_args):
+        seen.append(logits[1, torch.isfinite(logits[1])].clone())
+        return logits.argmax(dim=-1), None
+
+    monkeypatch.setattr("generation.filling.sample", greedy)
+    args = sampling_args(batch_size=2, max_inference_batch_size=2)
+    out = filling_sequence(model, seq, args, tokenizer=tok, guidance_scale=2.0, unconditional=unconditional)
+    assert out.tolist() == [expected] * 2
+    for step, reference in zip(seen, reference_steps, strict=True):
+        torch.testing.assert_close(step, reference, rtol=0, atol=1e-4)
+
+
 def test_guidance_scale_1_is_the_unguided_output_bit_for_bit(model, tok):
     seq = [tok["[ROI1]"], *text(tok, "猫"), tok["[TINY]"], tok["[BOI1]"], *[-1] * 8]
     args = sampling_args(batch_size=3, max_inference_batch_size=2, top_k=20)

@@ -232,6 +232,15 @@ def test_one_query_attention_over_a_large_cache_equals_the_released_computation(
     tolerance = 1e-5 if dtype == torch.float32 else 2e-2
     got = mpu.fused_attention(query, key, value, None, 0.0)
     torch.testing.assert_close(got.float(), expected, rtol=tolerance, atol=tolerance)
+    # a key mask per row (guidance's left-padded unconditional rows): the keys it hides take no part
+    visible = torch.ones(2, 1, 1, 600, dtype=torch.bool)
+    visible[1, ..., :37] = False
+    masked = mpu.fused_attention(query, key, value, visible, 0.0)
+    torch.testing.assert_close(masked[0], got[0], rtol=0, atol=0)
+    alone = mpu.standard_attention(
+        query[1:].float(), key[1:, :, 37:].float(), value[1:, :, 37:].float(), None
+    )
+    torch.testing.assert_close(masked[1:].float(), alone, rtol=tolerance, atol=tolerance)
 
 
 @pytest.mark.parametrize("memory", [0, 5])
