@@ -237,6 +237,18 @@ def guided_reference(model, tok, seq: list[int], unconditional: list[int], scale
     return tokens, steps
 
 
+def greedy_run(model, tok, monkeypatch, seq, args, row=0, **options):
+    """``filling_sequence`` drawing greedily: its output, and the allowed logits of row ``row`` per step."""
+    seen = []
+
+    def greedy(logits, *_args):
+        seen.append(logits[row, torch.isfinite(logits[row])].clone())
+        return logits.argmax(dim=-1), None
+
+    monkeypatch.setattr("generation.filling.sample", greedy)
+    return filling_sequence(model, seq, args, tokenizer=tok, **options), seen
+
+
 def test_guidance_samples_from_the_guided_logits_of_two_separate_forwards(model, tok, monkeypatch):
     # image codes, then given tokens after generated ones, then text: every step of the cached, chunked
     # path sees unconditional + S·(conditional − unconditional) of full forwards over the two sequences
@@ -244,15 +256,8 @@ def test_guidance_samples_from_the_guided_logits_of_two_separate_forwards(model,
     seq += [tok["[EOI1]"], tok["[ROI1]"], -1, -1]
     unconditional = [tok["[ROI1]"], tok["[TINY]"], tok["[BOI1]"], *seq[len(text(tok, "一只老虎")) + 3 :]]
     expected, reference_steps = guided_reference(model, tok, seq, unconditional, 3.0)
-    seen = []
-
-    def greedy(logits, *_args):
-        seen.append(logits[0, torch.isfinite(logits[0])].clone())
-        return logits.argmax(dim=-1), None
-
-    monkeypatch.setattr("generation.filling.sample", greedy)
     args = sampling_args(batch_size=3, max_inference_batch_size=2)
-    out = filling_sequence(model, seq, args, tokenizer=tok, guidance_scale=3.0)  # the default: drop_caption
+    out, seen = greedy_run(model, tok, monkeypatch, seq, args, guidance_scale=3.0)  # default: drop_caption
     assert out.tolist() == [expected] * 3
     assert len(seen) == 2 * len(reference_steps)  # two chunks
     for step, reference in zip(seen, reference_steps * 2, strict=True):
@@ -267,15 +272,10 @@ def test_guidance_with_an_unconditional_context_longer_than_the_sequences(model,
     unconditional = [tok["[ROI1]"], *text(tok, "一只老虎在草地上"), tok["[TINY]"], tok["[BOI1]"], *[-1] * 6]
     assert len(unconditional) > len(seq)
     expected, reference_steps = guided_reference(model, tok, seq, unconditional, 2.0)
-    seen = []
-
-    def greedy(logits, *_args):
-        seen.append(logits[1, torch.isfinite(logits[1])].clone())
-        return logits.argmax(dim=-1), None
-
-    monkeypatch.setattr("generation.filling.sample", greedy)
     args = sampling_args(batch_size=2, max_inference_batch_size=2)
-    out = filling_sequence(model, seq, args, tokenizer=tok, guidance_scale=2.0, unconditional=unconditional)
+    out, seen = greedy_run(
+        model, tok, monkeypatch, seq, args, row=1, guidance_scale=2.0, unconditional=unconditional
+    )
     assert out.tolist() == [expected] * 2
     for step, reference in zip(seen, reference_steps, strict=True):
         torch.testing.assert_close(step, reference, rtol=0, atol=1e-4)
