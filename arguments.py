@@ -278,6 +278,14 @@ def _add_training_args(parser: argparse.ArgumentParser) -> None:
         "--guidance-scale has an unconditional model; 0 = off (the original)",
     )
     group.add_argument(
+        "--sr-input-noise",
+        type=_probability,
+        default=0.0,
+        help="(added) in super-resolution training rows, the fraction of hi-res codes after [BOI2] "
+        "replaced, as model input only, by a code from elsewhere in the block, so that the model learns "
+        "to read the low-res crop rather than continue its neighbours; 0 = off (the original)",
+    )
+    group.add_argument(
         "--fast-load", action="store_true", help="load checkpoints without taking the shared file lock"
     )
 

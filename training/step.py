@@ -18,9 +18,11 @@ from torch import nn
 
 import mpu
 from common.process_env import print_rank_0
+from data_utils import get_tokenizer
 from learning_rates import AnnealingLR
 from training.batch import get_batch
 from training.engine import unwrap
+from training.input_noise import corrupt_block_inputs
 from training.loss import LossParts, is_finite_loss, lm_loss, token_classes
 from training.timing import timer_or_null
 
@@ -40,8 +42,6 @@ def _autocast(model: nn.Module, args: argparse.Namespace):
 def _num_image_tokens(args: argparse.Namespace) -> int:
     value = getattr(args, "num_image_tokens", None)
     if value is None:
-        from data_utils import get_tokenizer
-
         value = get_tokenizer().num_image_tokens
     return value
 
@@ -52,6 +52,9 @@ def forward_step(
     """The original's forward step: ``(loss, mems, img_loss, txt_loss)``; no mems are used or returned."""
     timer_or_null(timers, "batch generator").start()
     tokens, labels, loss_mask, attention_mask, position_ids = get_batch(data_iterator, args, timers)
+    noise = getattr(args, "sr_input_noise", 0.0)
+    if noise > 0 and model.training:  # training rows only; see training.input_noise
+        tokens = corrupt_block_inputs(tokens, get_tokenizer()["[BOI2]"], _num_image_tokens(args), noise)
     timer_or_null(timers, "batch generator").stop()
     txt, img = token_classes(tokens, loss_mask, _num_image_tokens(args))
     with _autocast(model, args):
