@@ -2,7 +2,7 @@
 # Rebuild the bundled demo models from scratch: data → text and image tokenizers → animal classifier →
 # token datasets (LMDB) → the GPT (text2image and caption layouts in one model) → bundle → the caption
 # GPT (that GPT finetuned on caption rows of fresh composites; bundle) → the super-resolution GPT (its
-# datasets, training, bundle). Resumable: after an interruption (Ctrl-C, kill,
+# datasets, that GPT finetuned on them, bundle). Resumable: after an interruption (Ctrl-C, kill,
 # power loss) rerun the same command; finished stages are skipped and the VQ-VAE training, preprocessing
 # and every GPT training continue where they stopped (a GPT from its last checkpoint). Environment
 # (defaults in brackets; sizes are the bundled models'):
@@ -32,8 +32,9 @@
 #   DEMO_CAPTION_SAVE_INTERVAL [250] DEMO_CAPTION_EVAL_INTERVAL [1000] DEMO_CAPTION_EVAL_ITERS [20]
 #   DEMO_SR_TRAIN_EVERY [9] DEMO_SR_TEST_EVERY [5]   the super-resolution datasets take every Nth composite
 #                                  of the split (each gives 9 windows × 2 captions rows)
-#   DEMO_SR_LAYERS [4] DEMO_SR_HIDDEN [128] DEMO_SR_HEADS [4] DEMO_SR_BATCH [16] DEMO_SR_ITERS [3000]
-#   DEMO_SR_LR [1e-3] DEMO_SR_SAVE_INTERVAL [100]   the super-resolution GPT (precision: DEMO_GPT_PRECISION)
+#   DEMO_SR_BATCH [16] DEMO_SR_ITERS [3000] DEMO_SR_LR [1e-3] DEMO_SR_SAVE_INTERVAL [250]
+#                                  the super-resolution GPT: the GPT finetuned (its architecture and precision)
+#   DEMO_SR_INPUT_NOISE [0.2]      hi-res codes shown to it wrong (--sr-input-noise), so it reads the crop
 #   DEMO_SR_EVAL_INTERVAL [250] DEMO_SR_EVAL_ITERS [5]   its loss on the test split's SR dataset
 # The DEMO_* settings of a run are kept in $DEMO_WORK/settings.txt; a rerun with other settings stops
 # (use another DEMO_WORK), so no stage is ever skipped for an output made with different settings.
@@ -214,13 +215,16 @@ stage "bundle the caption GPT → $bundle"
   --image-size "$image_size"
 
 
-# The super-resolution GPT: rows `[ROI1] caption [size] [BOI1] crop [EOI1] [ROI2] [POS0] [size] [BOI2]
-# block` (data_utils.layouts), a (grid/2)² crop of the grid×grid codes of the composite at image_size px and
-# the grid² block of its codes at twice that size (the same VQ-VAE reads both), 9 windows per composite.
-# Positions restart at [ROI2] (--finetune-positions: the reset of --finetune, resumable), so the table needs
-# the 4 tokens from [ROI2] to [BOI2] and the block, plus 4 spare; the sequence holds 3 + caption + crop +
-# 5 + block tokens, with room for captions of 16 pieces.
-sr_positions=$(( grid * grid + 8 ))
+# The super-resolution GPT: the GPT above finetuned (--finetune) on rows `[ROI1] caption [size] [BOI1] crop
+# [EOI1] [ROI2] [POS0] [size] [BOI2] block` (data_utils.layouts), a (grid/2)² crop of the grid×grid codes of
+# the composite at image_size px and the grid² block of its codes at twice that size (the same VQ-VAE reads
+# both), 9 windows per composite. Two things make it super-resolve: starting from the GPT, which knows what
+# the codes draw (trained from scratch, 4 layers × 128, a model learnt the colours but drew no animals), and
+# input noise (--sr-input-noise, training.input_noise): on clean rows it learnt to continue each code's
+# neighbours and, drawing alone, never began the crop's foreground. Positions restart at [ROI2]
+# (--finetune-positions: the reset of --finetune, also on a resume), so the GPT's table covers the tokens
+# from [ROI2] on; the sequence holds 3 + caption + crop + 5 + block tokens, with room for captions of 16
+# pieces.
 sr_sequence=$(( grid * grid + grid * grid / 4 + 8 + 16 ))
 for split in train test; do
   every=$([ "$split" = train ] && echo "${DEMO_SR_TRAIN_EVERY:-9}" || echo "${DEMO_SR_TEST_EVERY:-5}")
@@ -237,27 +241,24 @@ for split in train test; do
     --device cpu
 done
 
-sr_layers="${DEMO_SR_LAYERS:-4}"
-sr_hidden="${DEMO_SR_HIDDEN:-128}"
-sr_architecture=(--num-layers "$sr_layers" --hidden-size "$sr_hidden" --num-attention-heads "${DEMO_SR_HEADS:-4}"
-  --max-position-embeddings "$sr_positions" --max-position-embeddings-finetune "$sr_sequence")
+sr_architecture=("${gpt_architecture[@]}" --max-position-embeddings-finetune "$sr_sequence")
 sr_iters="${DEMO_SR_ITERS:-3000}"
 sr_save="$work/sr/gpt"
-sr_run="$(newest_run "$sr_save" demo_sr)"
-resume=()
-[ -n "$sr_run" ] && resume=(--load "$sr_run")
-stage "super-resolution GPT (${sr_layers} layers × ${sr_hidden}, ${sr_iters} iterations, $gpt_precision) → $sr_save ${resume[*]}"
+sr_run="$(newest_run "$sr_save" "")"  # a run that loads a model is saved under that model's name
+start=(--load "$gpt_run" --finetune)
+[ -n "$sr_run" ] && start=(--load "$sr_run")
+stage "super-resolution GPT (${sr_iters} iterations from $gpt_run, $gpt_precision) → $sr_save ${start[*]}"
 if [ -z "$sr_run" ] || [ "$(cat "$sr_run/latest_checkpointed_iteration.txt")" != "$sr_iters" ]; then
-  "$python" pretrain_gpt2.py "${sr_architecture[@]}" --finetune-positions "${resume[@]}" --device cpu \
+  "$python" pretrain_gpt2.py "${sr_architecture[@]}" --finetune-positions "${start[@]}" --device cpu \
     "${precision[@]}" --train-data "$work/lmdb/demo_train_sr.lmdb" --split 1000,0,0 \
     --valid-data "$work/lmdb/demo_test_sr.lmdb" \
     --img-tokenizer-path "$vqvae_model" --text-tokenizer-path "$text_model" \
     --batch-size "${DEMO_SR_BATCH:-16}" --train-iters "$sr_iters" --lr "${DEMO_SR_LR:-1e-3}" \
     --lr-decay-style cosine --lr-decay-ratio 0.1 --warmup 0.02 --hidden-dropout 0 --attention-dropout 0 \
-    --save "$sr_save" --experiment-name demo_sr --save-interval "${DEMO_SR_SAVE_INTERVAL:-100}" \
+    --sr-input-noise "${DEMO_SR_INPUT_NOISE:-0.2}" --save "$sr_save" --save-interval "${DEMO_SR_SAVE_INTERVAL:-250}" \
     --eval-interval "${DEMO_SR_EVAL_INTERVAL:-250}" --eval-iters "${DEMO_SR_EVAL_ITERS:-5}" \
     --log-interval 10 --num-workers 1
-  sr_run="$(newest_run "$sr_save" demo_sr)"
+  sr_run="$(newest_run "$sr_save" "")"
 fi
 
 stage "bundle the super-resolution GPT → $bundle"

@@ -46,9 +46,6 @@ MINIATURE = {
     "DEMO_CAPTION_EVAL_ITERS": "1",
     "DEMO_SR_TRAIN_EVERY": "1",
     "DEMO_SR_TEST_EVERY": "2",
-    "DEMO_SR_LAYERS": "1",
-    "DEMO_SR_HIDDEN": "16",
-    "DEMO_SR_HEADS": "2",
     "DEMO_SR_BATCH": "4",
     "DEMO_SR_ITERS": "3",
     "DEMO_SR_SAVE_INTERVAL": "2",
@@ -173,13 +170,15 @@ def test_super_resolution_rows_match_an_independent_encoding(finished):
         assert [test[9 * index + window].tolist() for window in range(9)] == expected
 
 
-def test_the_bundled_super_resolution_gpt_is_its_last_checkpoint_with_its_own_role(finished):
-    run = next((finished / "work" / "sr" / "gpt").glob("demo_sr*"))
+def test_the_bundled_super_resolution_gpt_is_the_gpt_finetuned_with_its_own_role(finished):
+    gpt = next((finished / "work" / "gpt").glob("demo_gpt*"))
+    run = finished / "work" / "sr" / "gpt" / gpt.name  # a finetune is saved under its model's name
     assert_bundled_is_last_checkpoint(run, finished / "bundle" / "cogview-demo-sr", "3")
+    assert torch.load(run / "3" / "mp_rank_00_model_states.pt", weights_only=False)["iteration"] == 3
     lines = (finished / "bundle" / "models.args").read_text().splitlines()
     assert lines[-1] == (
         "super-resolution: --num-layers 1 --hidden-size 16 --num-attention-heads 2 "
-        "--max-position-embeddings 72 --max-position-embeddings-finetune 104 --load cogview-demo-sr"
+        "--max-position-embeddings 88 --max-position-embeddings-finetune 104 --load cogview-demo-sr"
     )
     assert "caption: --load cogview-demo" in lines
 
