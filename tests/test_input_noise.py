@@ -4,8 +4,10 @@ import pytest
 import torch
 from torch import nn
 
+import mpu
 from arguments import get_args
-from data_utils import unified_tokenizer
+from data_utils import UnifiedTokenizer, unified_tokenizer
+from tests.helpers.distributed import run_distributed
 from training.input_noise import corrupt_block_inputs
 from training.step import forward_step
 
@@ -53,16 +55,33 @@ class RecordingModel(nn.Module):
         return (torch.zeros(*tokens.shape, self.vocab, requires_grad=True),)
 
 
-@pytest.mark.parametrize("training", [True, False])
-def test_forward_step_corrupts_training_inputs_only(real_tokenizer, monkeypatch, training):
-    monkeypatch.setattr(unified_tokenizer, "_TOKENIZER", real_tokenizer)
-    boi2 = real_tokenizer["[BOI2]"]
-    text = torch.tensor([[real_tokenizer["[ROI1]"], 9000, 9001, 1, 2, boi2, *range(3, 203)]])
+def noisy_forward_step(tokenizer: UnifiedTokenizer, training: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(row, what the model was fed)`` for one SR-like row through ``forward_step`` with noise 0.5."""
+    text = torch.tensor([[tokenizer["[ROI1]"], 9000, 9001, 1, 2, tokenizer["[BOI2]"], *range(3, 203)]])
     args = get_args(["--sr-input-noise", "0.5", "--device", "cpu"])
-    args.num_image_tokens, args.num_tokens = real_tokenizer.num_image_tokens, real_tokenizer.num_tokens
+    args.num_image_tokens, args.num_tokens = tokenizer.num_image_tokens, tokenizer.num_tokens
     model = RecordingModel(58240).train(training)
     batch = {"text": text, "loss_mask": torch.ones_like(text)}
     forward_step(iter([batch]), model, args, None, [])
     (seen,) = model.seen
+    return text, seen
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_forward_step_corrupts_training_inputs_only(real_tokenizer, monkeypatch, training):
+    monkeypatch.setattr(unified_tokenizer, "_TOKENIZER", real_tokenizer)
+    text, seen = noisy_forward_step(real_tokenizer, training)
     assert torch.equal(seen[:, :6], text[:, :6])
     assert torch.equal(seen, text[:, :-1]) != training
+
+
+def _noisy_inputs_at_mp2(rank, world_size):
+    mpu.initialize_model_parallel(2)
+    torch.manual_seed(rank)  # the ranks' generators differ, as a rank-0-only data loader can make them
+    unified_tokenizer._TOKENIZER = UnifiedTokenizer(None, "cpu", img_tokenizer_num_tokens=8192)
+    return noisy_forward_step(unified_tokenizer._TOKENIZER, training=True)[1]
+
+
+def test_model_parallel_ranks_are_fed_the_same_noisy_inputs():
+    first, second = run_distributed(_noisy_inputs_at_mp2, 2)
+    assert torch.equal(first, second)

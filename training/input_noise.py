@@ -10,8 +10,9 @@ model *input* only, replaced with probability P by the code at a random position
 (a plausible but misplaced code, like the model's own mistakes); the labels stay the true codes. A
 neighbour is then unreliable, and the crop is the only dependable evidence.
 
-The draws come from torch's default generator, whose state checkpoints save and restore, so a
-resumed run draws what the uninterrupted one drew; evaluation rows are never changed.
+The draws come from torch's default generator, whose state checkpoints save and restore (as for
+dropout), so a resumed run draws what the uninterrupted one drew; under model parallelism the first
+rank's draws are broadcast to the others (``training.step``). Evaluation rows are never changed.
 """
 
 import torch

@@ -54,7 +54,10 @@ def forward_step(
     tokens, labels, loss_mask, attention_mask, position_ids = get_batch(data_iterator, args, timers)
     noise = getattr(args, "sr_input_noise", 0.0)
     if noise > 0 and model.training:  # training rows only; see training.input_noise
-        tokens = corrupt_block_inputs(tokens, get_tokenizer()["[BOI2]"], _num_image_tokens(args), noise)
+        noisy = corrupt_block_inputs(tokens, get_tokenizer()["[BOI2]"], _num_image_tokens(args), noise)
+        if mpu.get_model_parallel_world_size() > 1:  # one set of inputs, whatever each rank's RNG drew
+            noisy = mpu.broadcast_data(["tokens"], {"tokens": noisy}, torch.int64)["tokens"].to(tokens.device)
+        tokens = noisy
     timer_or_null(timers, "batch generator").stop()
     txt, img = token_classes(tokens, loss_mask, _num_image_tokens(args))
     with _autocast(model, args):
