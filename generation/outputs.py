@@ -14,7 +14,9 @@ Naming follows the original, with the overwrites removed:
   appended as the run goes (``generation.results``).
 
 Images are clamped to [0, 1] when saved. The original min-max stretched each saved image (or grid) to
-[0, 1] instead (``save_image(normalize=True)``), which changed colours and contrast per image.
+[0, 1] instead (``save_image(normalize=True)``), which changed colours and contrast per image. JPEGs are
+written at full colour resolution and quality (``vqvae.JPEG_OPTIONS``), not at PIL's lossy defaults as
+the original's were.
 Every file is written to a temporary name in the same folder and renamed, so no reader ever sees a
 half-written file.
 """
@@ -31,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from common.atomic_files import fsync_directory, numbered_names, write_atomic, write_new
-from vqvae import to_pil
+from vqvae import save_picture, to_pil
 
 GRID_COLUMNS = 8
 GRID_PADDING = 2
@@ -134,7 +136,7 @@ def save_image(image: torch.Tensor, path: Path) -> Path:
     The format follows the suffix of ``path``.
     """
     picture = to_pil(image)
-    return write_atomic(path, lambda temporary: picture.save(temporary))
+    return write_atomic(path, lambda temporary: save_picture(picture, temporary))
 
 
 class ImageWriter:
@@ -163,7 +165,7 @@ class ImageWriter:
             folder.mkdir(parents=True, exist_ok=True)
             picture = to_pil(grid(debug_images))
             stem = f"{slug(label)}-{timestamp()}"
-            return [write_new(folder, stem, IMAGE_SUFFIX, lambda temporary: picture.save(temporary))]
+            return [write_new(folder, stem, IMAGE_SUFFIX, lambda temporary: save_picture(picture, temporary))]
         if not samples:
             return []
         name = query_id or slug(label)

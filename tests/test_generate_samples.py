@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 from torchvision.utils import make_grid
 
 import generate_samples
@@ -286,6 +286,9 @@ def test_text2image_files_names_sizes_and_no_overwrite(tiny_cogview, tmp_path, c
         assert sorted(p.name for p in folder.iterdir()) == ["0.jpg", "1.jpg", "concat.jpg"]
         assert image_size(folder / "0.jpg") == (256, 256)
         assert image_size(folder / "concat.jpg") == (2 + 2 * 258, 260)
+        for name in ("0.jpg", "concat.jpg"):
+            with Image.open(folder / name) as image:
+                assert JpegImagePlugin.get_sampling(image) == 0, name  # full colour resolution (4:4:4)
     assert "line 1: done in" in stdout and "line 4: done in" in stdout
     first = {p.name: p.read_bytes() for p in (out / "一只猫").iterdir()}
     assert first["0.jpg"] != (out / "一只猫-1" / "0.jpg").read_bytes()  # seed + line number differ

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, JpegImagePlugin
 
 import vqvae
 from vqvae import (
@@ -27,6 +27,7 @@ from vqvae import (
     normalize,
     read_img,
     save_images,
+    save_picture,
     save_vqvae,
     to_pil,
 )
@@ -312,4 +313,24 @@ def test_normalize_denormalize_and_saving(tmp_path):
         assert torch.equal(saved, image.clamp(0, 1).mul(255).round().to(torch.uint8))
     with pytest.raises(ValueError, match="Got 1 paths for an image batch of shape"):
         save_images(images, paths[:1])
+
+
+def test_jpegs_keep_colour_edges(tmp_path):
+    """A 32 px two-colour picture (the demo's kind) survives JPEG nearly intact: full colour resolution and
+    the finest quantisation, where PIL's defaults blur each colour edge (the test's reference)."""
+    stripes = torch.zeros(1, 3, 32, 32)
+    stripes[0, 0, :, ::2] = 1.0  # one-pixel red columns on black: the hardest edges for colour subsampling
+    expected = np.array(to_pil(stripes[0]), dtype=np.int16)
+    path, buffer, default = tmp_path / "stripes.jpg", io.BytesIO(), tmp_path / "default.jpg"
+    save_images(stripes, [path])
+    save_picture(to_pil(stripes[0]), buffer, "JPEG")
+    to_pil(stripes[0]).save(default)
+    assert buffer.getvalue() == path.read_bytes()
+    with Image.open(path) as saved:
+        assert JpegImagePlugin.get_sampling(saved) == 0  # 4:4:4
+        error = np.abs(np.array(saved, dtype=np.int16) - expected).max()
+    with Image.open(default) as lossy:
+        assert JpegImagePlugin.get_sampling(lossy) == 2  # 4:2:0
+        default_error = np.abs(np.array(lossy, dtype=np.int16) - expected).max()
+    assert error <= 8 < 64 <= default_error, (error, default_error)
     assert math.isclose(IMAGE_MEAN[0], 0.79093) and math.isclose(IMAGE_STD[2], 0.32800)

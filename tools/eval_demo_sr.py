@@ -70,7 +70,7 @@ def bilinear_baseline(reference: Image.Image, low_size: int) -> np.ndarray:
     low = vqvae.denormalize(vqvae.image_to_tensor(reference, low_size))  # [1, 3, s, s]
     high = F.interpolate(low, scale_factor=2, mode="bilinear", align_corners=False)
     buffer = io.BytesIO()
-    vqvae.to_pil(high).save(buffer, format="JPEG")
+    vqvae.save_picture(vqvae.to_pil(high), buffer, "JPEG")
     return np.asarray(Image.open(buffer).convert("RGB"))
 
 

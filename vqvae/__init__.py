@@ -12,6 +12,7 @@ from vqvae.images import (
     open_image,
     read_img,
     save_images,
+    save_picture,
     to_pil,
 )
 from vqvae.model import VQVAE, Decoder, Encoder, Quantize
@@ -35,6 +36,7 @@ __all__ = [
     "open_image",
     "read_img",
     "save_images",
+    "save_picture",
     "save_vqvae",
     "to_pil",
 ]
