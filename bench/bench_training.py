@@ -7,8 +7,10 @@ All three train a 12-layer, 768-hidden, 12-head GPT over the CogView vocabulary 
     scripts/ds_config.json (``training.engine.setup_model_and_optimizer``), one iteration being
     ``training.step.train_step``: the original's batch, causal ``tril`` mask, positions and loss (image/text
     split by input token, ``--txt-loss-scale 5``);
-(b) the same model, batch and loss in a plain torch loop (``torch.optim.AdamW``): DeepSpeed's overhead;
-(c) Hugging Face ``GPT2LMHeadModel`` at the same sizes (SDPA attention), trained with its own loss.
+(b) the same model, batch and loss in a plain torch loop (``torch.optim.AdamW``, fused as in (a)):
+    DeepSpeed's overhead;
+(c) Hugging Face ``GPT2LMHeadModel`` at the same sizes (SDPA attention), trained with its own loss and the
+    fused AdamW its ``Trainer`` makes by default.
 
 Each configuration runs in a fresh child process, so that its peak resident memory (``ru_maxrss``) is its
 own, with glibc keeping freed memory as ``pretrain_gpt2.py`` runs (``common.malloc``; Hugging Face's child
@@ -45,6 +47,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import mpu  # noqa: E402  (after the repository is importable)
 from common.malloc import keep_freed_memory  # noqa: E402
 from model import GPT2Model  # noqa: E402
+from training.ds_config import TORCH_ADAMW_OPTIONS  # noqa: E402
 
 LAYERS, HIDDEN, HEADS = 12, 768, 12
 SEQUENCE = 1088  # tokens per sample fed to the model: 1089 - 1, as pretrain_gpt2.py shifts them
@@ -181,7 +184,9 @@ def build_ours_torch(batch_size: int, checkpointing: bool):
     args = training_args(batch_size, checkpointing, deepspeed=False)
     text = prepare_training(args)
     model = GPT2Model(GPT2Config.from_args(args, args.vocab_size, max_memory_length=0)).train()
-    optimizer = torch.optim.AdamW(get_param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(
+        get_param_groups(model), lr=args.lr, weight_decay=args.weight_decay, **TORCH_ADAMW_OPTIONS
+    )
     batches = itertools.repeat({"text": text, "loss_mask": torch.ones_like(text)})
 
     def step() -> float:
@@ -212,7 +217,10 @@ def build_hf(batch_size: int, checkpointing: bool):
     assert model.config._attn_implementation == "sdpa", model.config._attn_implementation
     if checkpointing:
         model.gradient_checkpointing_enable()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    # fused, as Hugging Face's Trainer makes it by default ("adamw_torch_fused")
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=args.lr, weight_decay=args.weight_decay, **TORCH_ADAMW_OPTIONS
+    )
     tokens = text[:, :-1].contiguous()
 
     def step() -> float:

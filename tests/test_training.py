@@ -137,12 +137,22 @@ def test_released_deepspeed_configs_adapt_to_the_cpu(capsys):
         assert "fp16" not in config and not args.fp16
         assert config["train_micro_batch_size_per_gpu"] == micro == args.batch_size
         assert config["optimizer"]["params"]["torch_adam"] is True
+        assert config["optimizer"]["params"]["fused"] is True
         assert config.get("zero_optimization", {}).get("stage") == zero
     args = get_args(["--deepspeed", "--deepspeed_config", "scripts/ds_config.json", "--bf16"])
     config = ds_config.adapt_config(
         ds_config.read_config(args.deepspeed_config), args, torch.device("cpu"), 1
     )
     assert config["bf16"] == {"enabled": True} and args.bf16 and "fp16" not in config
+
+
+def test_only_torch_adamw_is_made_fused():
+    """DeepSpeed's own Adam (`torch_adam` false) takes no `fused` argument; a file's own choice stands."""
+    args = get_args(["--device", "cpu"])
+    for params, fused in (({"torch_adam": False}, None), ({"fused": False}, False), ({}, True)):
+        config = {"optimizer": {"type": "AdamW", "params": dict(params)}}
+        adapted = ds_config.adapt_config(config, args, torch.device("cpu"), 1)["optimizer"]["params"]
+        assert adapted.get("fused") is fused, params
 
 
 def test_deepspeed_batch_sizes_must_agree(tmp_path, capsys):

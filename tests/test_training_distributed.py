@@ -95,6 +95,8 @@ def _step_checks(rank, world_size, data, config_dir, save_dir):
             assert after.shape == expected.shape, name
         results[f"adamw_error_zero{stage}"] = worst
         results[f"skipped_zero{stage}"] = skipped
+        adamw = optimizer.optimizer if stage else optimizer  # ZeRO wraps torch's AdamW
+        results[f"engine_zero{stage}"] = (model.enable_backward_allreduce, adamw.param_groups[0]["fused"])
 
         # A NaN forward: no backward, no step, the schedule stays; the next iteration trains again.
         weights = {n: p.detach().clone() for n, p in unwrap(model).named_parameters()}
@@ -148,6 +150,8 @@ def test_deepspeed_steps_nan_skip_and_crash_mid_save(tmp_path):
     for stage in (0, 2):
         assert results[f"skipped_zero{stage}"] == 0
         assert results[f"adamw_error_zero{stage}"] < 1e-6, results
+        # one process: no all-reduce without ZeRO (the identity), which ZeRO needs; torch's fused AdamW
+        assert results[f"engine_zero{stage}"] == (stage != 0, True)
         assert results[f"nan_zero{stage}"] == (1, True, True)
         assert results[f"after_nan_zero{stage}"] == (0, True)
         assert results[f"after_crash_zero{stage}"] == ("2", False)

@@ -4,7 +4,8 @@
   asks for bf16 instead, on any device).
 * `"type": "Adam"` / `"AdamW"` get `"torch_adam": true` unless the file says otherwise: DeepSpeed
   would otherwise JIT-compile its fused Adam (about 50 s on a CPU, a CUDA toolkit on a GPU), and
-  `torch.optim.AdamW` is the same decoupled-weight-decay update the original's FusedAdam made.
+  `torch.optim.AdamW` is the same decoupled-weight-decay update the original's FusedAdam made. It then
+  also gets `TORCH_ADAMW_OPTIONS` (torch's own fused kernel) unless the file sets those keys.
 * The batch sizes must agree: `train_batch_size`, when given, equals micro-batch × accumulation ×
   data-parallel size.
 """
@@ -20,6 +21,12 @@ import torch
 from common.errors import InputError
 
 ADAM_TYPES = ("adam", "adamw")
+
+TORCH_ADAMW_OPTIONS = {"fused": True}
+"""Keyword arguments of every `torch.optim.AdamW` training makes (DeepSpeed's with `torch_adam`, and the
+plain-torch path's): torch's fused kernel updates each parameter in one pass over its weights, gradient
+and two moments, where the default CPU implementation makes about a dozen passes, one per elementwise op
+(about 0.5 s of a 15 s step for a 130M-parameter model on 2 CPU cores)."""
 
 
 class DeepSpeedConfigError(InputError):
@@ -74,7 +81,10 @@ def adapt_config(
     args.bf16 = _enabled(config, "bf16")
     optimizer = config.get("optimizer")
     if isinstance(optimizer, dict) and str(optimizer.get("type", "")).lower() in ADAM_TYPES:
-        optimizer.setdefault("params", {}).setdefault("torch_adam", True)
+        params = optimizer.setdefault("params", {})
+        if params.setdefault("torch_adam", True):
+            for key, value in TORCH_ADAMW_OPTIONS.items():
+                params.setdefault(key, value)
     return config
 
 

@@ -112,6 +112,20 @@ def use_deepspeed_activation_checkpointing(args: argparse.Namespace, config: dic
     deepspeed.checkpointing.model_parallel_cuda_manual_seed(args.seed)
 
 
+def skip_identity_allreduce(engine: Any) -> None:
+    """Turn off the DeepSpeed engine's gradient all-reduce where it is the identity.
+
+    At data-parallel size 1 DeepSpeed still flattens every gradient into buckets, all-reduces them over
+    a group of one process and copies them back after each backward (about 0.3 s of a 15 s step for a
+    130M-parameter model on 2 CPU cores). Only without ZeRO: ZeRO's optimizers (DeepSpeed's bf16 one too)
+    also move the gradients into their own buffers in that call, so they keep it.
+    """
+    from deepspeed.runtime.base_optimizer import ZeROOptimizer
+
+    if mpu.get_data_parallel_world_size() == 1 and not isinstance(engine.optimizer, ZeROOptimizer):
+        engine.enable_backward_allreduce = False
+
+
 def setup_model_and_optimizer(args: argparse.Namespace) -> tuple[nn.Module, Any, AnnealingLR]:
     """``(model, optimizer, lr_scheduler)``: the DeepSpeed engine and its optimizer, or DDP and AdamW."""
     if args.deepspeed:
@@ -129,11 +143,17 @@ def setup_model_and_optimizer(args: argparse.Namespace) -> tuple[nn.Module, Any,
             mpu=mpu,
             dist_init_required=False,
         )
+        skip_identity_allreduce(model)
     else:
         if args.fp16:
             raise TrainingSetupError(
                 "--fp16 training needs --deepspeed (its loss scaling); without DeepSpeed use --bf16 or fp32"
             )
         model = get_model(args)
-        optimizer = torch.optim.AdamW(get_param_groups(model), lr=args.lr, weight_decay=args.weight_decay)
+        optimizer = torch.optim.AdamW(
+            get_param_groups(model),
+            lr=args.lr,
+            weight_decay=args.weight_decay,
+            **ds_config.TORCH_ADAMW_OPTIONS,
+        )
     return model, optimizer, get_learning_rate_scheduler(optimizer, args)

@@ -95,6 +95,14 @@ def from_torch_state_dict(optimizer_state: dict[str, Any], names: list[str]) -> 
     return state
 
 
+def _step_tensor(optimizer: torch.optim.Optimizer, device: torch.device, step: float) -> torch.Tensor:
+    """Adam's step count as torch keeps it: on the parameters' device for its fused and capturable
+    kernels (which refuse a step elsewhere), on the CPU otherwise."""
+    group = optimizer.param_groups[0]
+    on_device = group.get("fused") or group.get("capturable")
+    return torch.tensor(step, dtype=torch.float32, device=device if on_device else "cpu")
+
+
 def apply_to_torch_optimizer(
     optimizer: torch.optim.Optimizer, model: nn.Module, state: FullOptimizerState
 ) -> None:
@@ -103,7 +111,7 @@ def apply_to_torch_optimizer(
     for name, entry in state.per_param.items():
         param = params[name]
         optimizer.state[param] = {
-            "step": torch.tensor(state.step),
+            "step": _step_tensor(optimizer, param.device, state.step),
             **{key: entry[key].to(param.device, torch.float32).clone() for key in ADAM_KEYS},
         }
 
@@ -116,7 +124,7 @@ def apply_to_zero_optimizer(zero_optimizer: Any, model: nn.Module, state: FullOp
     base = zero_optimizer.optimizer
     for flat in zero_optimizer.single_partition_of_fp32_groups:
         base.state[flat] = {
-            "step": torch.tensor(state.step),
+            "step": _step_tensor(base, flat.device, state.step),
             **{key: torch.zeros_like(flat) for key in ADAM_KEYS},
         }
     zero_optimizer._hp_optimizer_states_linked = False
