@@ -25,8 +25,8 @@ ADAM_TYPES = ("adam", "adamw")
 TORCH_ADAMW_OPTIONS = {"fused": True}
 """Keyword arguments of every `torch.optim.AdamW` training makes (DeepSpeed's with `torch_adam`, and the
 plain-torch path's): torch's fused kernel updates each parameter in one pass over its weights, gradient
-and two moments, where the default CPU implementation makes about a dozen passes, one per elementwise op
-(about 0.5 s of a 15 s step for a 130M-parameter model on 2 CPU cores)."""
+and two moments, where the default CPU implementation makes one pass per elementwise op (130M parameters
+on 2 cores of an Intel Xeon: 0.08 s a step against 0.43 s)."""
 
 
 class DeepSpeedConfigError(InputError):
