@@ -36,12 +36,12 @@ class _MaskedScale(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, mask: torch.Tensor, scale: float) -> torch.Tensor:
         ctx.save_for_backward(mask)
         ctx.scale = scale
-        return torch.where(mask, x * scale, 0.0)
+        return torch.where(mask, x, 0.0).mul_(scale)  # scaled in place: one tensor made, not two
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
         (mask,) = ctx.saved_tensors
-        return torch.where(mask, grad * ctx.scale, 0.0), None, None
+        return torch.where(mask, grad, 0.0).mul_(ctx.scale), None, None
 
 
 def dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
