@@ -313,6 +313,7 @@ def test_normalize_denormalize_and_saving(tmp_path):
         assert torch.equal(saved, image.clamp(0, 1).mul(255).round().to(torch.uint8))
     with pytest.raises(ValueError, match="Got 1 paths for an image batch of shape"):
         save_images(images, paths[:1])
+    assert math.isclose(IMAGE_MEAN[0], 0.79093) and math.isclose(IMAGE_STD[2], 0.32800)
 
 
 def test_jpegs_keep_colour_edges(tmp_path):
@@ -333,4 +334,3 @@ def test_jpegs_keep_colour_edges(tmp_path):
         assert JpegImagePlugin.get_sampling(lossy) == 2  # 4:2:0
         default_error = np.abs(np.array(lossy, dtype=np.int16) - expected).max()
     assert error <= 8 < 64 <= default_error, (error, default_error)
-    assert math.isclose(IMAGE_MEAN[0], 0.79093) and math.isclose(IMAGE_STD[2], 0.32800)

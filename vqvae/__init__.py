@@ -5,6 +5,7 @@ from vqvae.checkpoint import VQVAECheckpointError, load_vqvae, save_vqvae
 from vqvae.images import (
     IMAGE_MEAN,
     IMAGE_STD,
+    JPEG_OPTIONS,
     ImageReadError,
     denormalize,
     image_to_tensor,
@@ -20,6 +21,7 @@ from vqvae.model import VQVAE, Decoder, Encoder, Quantize
 __all__ = [
     "IMAGE_MEAN",
     "IMAGE_STD",
+    "JPEG_OPTIONS",
     "VQVAE",
     "Decoder",
     "Encoder",
