@@ -21,7 +21,9 @@ def _pair(rows_shape: tuple[int, ...], out_features: int, in_features: int, bias
 
 @pytest.mark.parametrize("rows_shape", [(1,), (4,), (2, 37)])
 @pytest.mark.parametrize("bias", [True, False])
-def test_forward_and_gradients_equal_f_linear(rows_shape, bias):
+@pytest.mark.parametrize("intel", [True, False], ids=["input-grad-in-mkl", "input-grad-in-onednn"])
+def test_forward_and_gradients_equal_f_linear(rows_shape, bias, intel, monkeypatch):
+    monkeypatch.setattr(onednn, "_mkl_is_tuned_here", lambda: intel)  # both backward paths, on any CPU
     input_, weight, bias_ = _pair(rows_shape, 1024, 768, bias)
     assert onednn.handles(input_, weight)
     operands = (input_, weight) + ((bias_,) if bias else ())
