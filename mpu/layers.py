@@ -32,12 +32,15 @@ def linear(input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     """``F.linear``, computed on the CPU in the fastest of three ways that apply.
 
     Every linear layer of the model (the parallel layers and the tied output projection) multiplies here.
-    In order: inside ``packed_linear_weights``, with the weight's reordered oneDNN copy; fp32 products big
-    enough to gain, through oneDNN (``onednn``: MKL's SGEMM is slow on AMD CPUs); and for at most 16 rows
-    (decoding a small model), as ``(W xᵀ)ᵀ``, which streams a small weight about twice as fast as
-    ``F.linear`` (the demo models' 192-wide layers: ~16 against ~35 µs a call at 4 rows). Same result up
-    to float rounding.
+    In order: fp32 products of one to three rows on Intel CPUs, through ``F.linear`` (MKL streams the
+    weights fastest there: ``onednn.mkl_streams_faster``); inside ``packed_linear_weights``, with the
+    weight's reordered oneDNN copy; fp32 products big enough to gain, through oneDNN (``onednn``: MKL's
+    SGEMM is slow on AMD CPUs); and for at most 16 rows (decoding a small model), as ``(W xᵀ)ᵀ``, which
+    streams a small weight about twice as fast as ``F.linear`` (the demo models' 192-wide layers: ~16
+    against ~35 µs a call at 4 rows). Same result up to float rounding.
     """
+    if onednn.mkl_streams_faster(input_, weight):
+        return F.linear(input_, weight, bias)
     packed = onednn.packed_copy(input_, weight)
     if packed is not None:
         return onednn.multiply_packed(input_, packed, bias)

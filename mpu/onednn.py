@@ -10,7 +10,9 @@ row). bf16 products already go through oneDNN inside ``F.linear``, so only fp32 
 On Intel CPUs, which MKL is tuned for, the input gradient is the exception: there ``grad @ weight`` through
 MKL beat oneDNN's inner product on the transposed weight at every training size measured (2 threads, an
 Intel Xeon with AVX-512, 1,088 rows: 13.8 against 28.4 ms for a 3072 → 768 layer, 262 against 378 ms for
-the 58240-row output projection), so it takes ``torch.matmul`` there (see ``_mkl_is_tuned_here``).
+the 58240-row output projection), so it takes ``torch.matmul`` there (see ``_mkl_is_tuned_here``). So does
+decoding at one to three rows: MKL's matrix-vector kernels stream a 12-layer, 768-wide model's weights
+there in 13.9–16.9 ms, oneDNN in 16.2–18.5 ms even from its reordered copies (``mkl_streams_faster``).
 
 oneDNN's per-call overhead (~20 µs) loses to MKL on small products (the demo models' 192-wide layers at a
 few rows), hence the size threshold. Results equal ``F.linear``'s up to float rounding, and repeat bit for
@@ -42,6 +44,8 @@ except (AttributeError, RuntimeError):
 # every 768-wide layer of a CogView-sized model at any row count, the demo's 192-wide layers from ~32 rows on.
 _MIN_MULTIPLY_ADDS = 1 << 22
 _MIN_ROWS_COUNTED = 8
+# On Intel CPUs fp32 products of at most this many rows stream faster through MKL (``mkl_streams_faster``).
+_MKL_MAX_ROWS_ON_INTEL = 3
 # Attribute under which ``packed_weights`` hangs a weight's reordered copy, with the weight's version then.
 _PACKED_ATTRIBUTE = "onednn_packed"
 # Attribute of a weight whose row ranges are multiplied on their own (the tied output projection onto the
@@ -83,6 +87,15 @@ def _mkl_is_tuned_here() -> bool:
     except OSError:
         pass
     return False
+
+
+def mkl_streams_faster(input_: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether ``F.linear`` (MKL) beats both oneDNN paths here: fp32 on an Intel CPU at one to three rows.
+
+    Only for products that oneDNN would otherwise take (``handles``): smaller ones keep their own path.
+    """
+    rows = input_.numel() // max(input_.size(-1), 1)
+    return rows <= _MKL_MAX_ROWS_ON_INTEL and _mkl_is_tuned_here() and handles(input_, weight)
 
 
 def _inner_product(input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:

@@ -84,7 +84,8 @@ def _cached_logits(model: GPT2Model, ids: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_packed_weights_give_the_plain_weights_logits_and_are_dropped_after(dtype):
+def test_packed_weights_give_the_plain_weights_logits_and_are_dropped_after(dtype, monkeypatch):
+    monkeypatch.setattr(onednn, "_mkl_is_tuned_here", lambda: False)  # 3-row steps use the copies everywhere
     if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         pytest.skip("this CPU has no oneDNN bf16")
     model = _gpt(dtype)
@@ -101,6 +102,26 @@ def test_packed_weights_give_the_plain_weights_logits_and_are_dropped_after(dtyp
     assert not hasattr(embedding, onednn._ROW_SLICES_ATTRIBUTE)
     tolerance = 1e-4 if dtype == torch.float32 else 2e-2
     torch.testing.assert_close(packed.float(), plain.float(), rtol=tolerance, atol=tolerance)
+
+
+def test_intel_cpus_multiply_one_to_three_rows_through_mkl(monkeypatch):
+    model = _gpt()
+    layer = model.transformer.layers[0].mlp.dense_h_to_4h
+    monkeypatch.setattr(onednn, "_mkl_is_tuned_here", lambda: True)
+    with torch.inference_mode(), mpu.packed_linear_weights(model) as made:
+        assert made
+        for rows, through_mkl in ((1, True), (3, True), (4, False)):
+            hidden = torch.randn(rows, HIDDEN)
+            assert onednn.mkl_streams_faster(hidden, layer.weight) is through_mkl
+            if through_mkl:
+                expected = F.linear(hidden, layer.weight, layer.bias)
+            else:
+                packed = onednn.packed_copy(hidden, layer.weight)
+                expected = onednn.multiply_packed(hidden, packed, layer.bias)
+            assert torch.equal(mpu.linear(hidden, layer.weight, layer.bias), expected), rows
+        assert not onednn.mkl_streams_faster(torch.randn(1, 64), torch.randn(64, 64))  # small: its own path
+    monkeypatch.setattr(onednn, "_mkl_is_tuned_here", lambda: False)
+    assert not onednn.mkl_streams_faster(torch.randn(1, HIDDEN), layer.weight)
 
 
 def test_packed_copies_are_not_used_for_changed_weights_or_training():
