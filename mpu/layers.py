@@ -29,7 +29,7 @@ InitMethod = Callable[[torch.Tensor], torch.Tensor]
 
 
 def linear(input_: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``F.linear``, computed on the CPU in the fastest of three ways that apply.
+    """``F.linear``, computed on the CPU in the fastest of the ways that apply.
 
     Every linear layer of the model (the parallel layers and the tied output projection) multiplies here.
     In order: fp32 products of one to three rows on Intel CPUs, through ``F.linear`` (MKL streams the
